@@ -1,0 +1,425 @@
+"""The API: spec and status of AgentTest and DeploymentPackage.
+
+These pydantic models are the single source of truth. `crdgen` turns them
+into the CRD YAML in `crds/` (descriptions become `kubectl explain` text,
+`x-kubernetes-validations` become CEL rules the API server enforces), and the
+operator parses resources through them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+from pydantic.alias_generators import to_camel
+
+GROUP = "agenttest.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+AGENTTEST_PLURAL = "agenttests"
+PACKAGE_PLURAL = "deploymentpackages"
+
+MAX_INLINE_SOURCE = 256 * 1024
+MAX_CASES = 50
+MAX_TIMEOUT_SECONDS = 600
+
+
+def cel(
+    rule: str, message: str, field_path: str | None = None, reason: str | None = None
+) -> JsonDict:
+    """One `x-kubernetes-validations` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields kept out."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict as the API server stores it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --------------------------------------------------------------------------
+# AgentTest spec
+# --------------------------------------------------------------------------
+
+
+class ConfigMapSource(ApiModel):
+    """agent.py read from a key of a ConfigMap in the test's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the ConfigMap.")
+    key: str = Field(
+        default="agent.py", min_length=1, max_length=253, description="Key holding agent.py."
+    )
+
+
+class S3Source(ApiModel):
+    """agent.py read from an S3 object."""
+
+    uri: str = Field(
+        pattern=r"^s3://[a-z0-9.\-]{3,63}/.+$",
+        max_length=1024,
+        description="Object URI, s3://bucket/key.",
+    )
+
+
+class AgentSource(ApiModel):
+    """Where agent.py comes from. Exactly one of inline, configMapRef or s3."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.inline), has(self.configMapRef), has(self.s3)]"
+                    ".filter(x, x).size() == 1",
+                    "spec.agent.source must set exactly one of inline, configMapRef or s3",
+                )
+            ]
+        }
+    )
+
+    inline: str | None = Field(
+        default=None,
+        max_length=MAX_INLINE_SOURCE,
+        description="The agent.py source itself (at most 256 KiB).",
+    )
+    config_map_ref: ConfigMapSource | None = Field(
+        default=None, description="agent.py from a ConfigMap key."
+    )
+    s3: S3Source | None = Field(default=None, description="agent.py from an S3 object.")
+
+
+class AgentSpec(ApiModel):
+    """The agent under test: a Python module built on the Strands Agents framework."""
+
+    source: AgentSource = Field(description="Where agent.py comes from.")
+    entrypoint: str = Field(
+        default="agent",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=128,
+        description=(
+            "Name in agent.py of a strands Agent object, or of a factory function that takes "
+            "the configured model and returns an Agent."
+        ),
+    )
+    requirements: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Extra pip requirements installed before the run (phase Building).",
+    )
+
+
+class ModelProvider(StrEnum):
+    OLLAMA = "ollama"
+    BEDROCK = "bedrock"
+
+
+class ModelSpec(ApiModel):
+    """The model the agent talks to."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.provider != 'bedrock' || has(self.region)",
+                    "spec.model.region is required when provider is bedrock",
+                    reason="FieldValueRequired",
+                ),
+                cel(
+                    "self.provider != 'ollama' || has(self.endpoint)",
+                    "spec.model.endpoint is required when provider is ollama",
+                    reason="FieldValueRequired",
+                ),
+            ]
+        }
+    )
+
+    provider: ModelProvider = Field(description="Model provider: ollama or bedrock.")
+    model_id: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Model identifier, e.g. llama3.1:8b (Ollama) or a Bedrock model id.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        max_length=512,
+        description="Ollama base URL, e.g. http://ollama.ollama:11434. Required for ollama.",
+    )
+    region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]{2}(-[a-z]+)+-\d$",
+        max_length=32,
+        description="AWS region of the Bedrock model. Required for bedrock.",
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature passed to the model."
+    )
+
+
+class Expectation(ApiModel):
+    """What a case's final answer must satisfy. All given checks must pass."""
+
+    contains: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=20, description="Substrings the answer must contain."
+    )
+    not_contains: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Substrings the answer must not contain.",
+    )
+    regex: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A Python regular expression that must match somewhere in the answer.",
+    )
+    case_sensitive: bool = Field(
+        default=False, description="Compare contains/notContains case-sensitively."
+    )
+    max_latency_seconds: float | None = Field(
+        default=None, gt=0, le=MAX_TIMEOUT_SECONDS, description="Upper bound on the case's time."
+    )
+
+
+class TestCase(ApiModel):
+    """One query sent to the agent and the expectation on its answer."""
+
+    __test__ = False  # not a pytest class
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Case name, unique within the test (lower case, digits, - _ .).",
+    )
+    query: str = Field(min_length=1, max_length=16384, description="The prompt sent to the agent.")
+    expect: Expectation = Field(
+        default_factory=Expectation, description="Checks on the agent's answer."
+    )
+
+
+class Backend(StrEnum):
+    FARGATE = "fargate"
+    POD = "pod"
+    LOCAL = "local"
+
+
+class ResourceSpec(ApiModel):
+    """CPU and memory for the execution."""
+
+    cpu: str = Field(
+        default="1",
+        pattern=r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$",
+        description="CPU as a Kubernetes quantity, e.g. 500m, 1, 2.",
+    )
+    memory: str = Field(
+        default="2Gi",
+        pattern=r"^[0-9]+(Mi|Gi)$",
+        description="Memory as a Kubernetes quantity in Mi or Gi, e.g. 512Mi, 2Gi.",
+    )
+
+
+class PackageSpec(ApiModel):
+    """Whether a passing test produces a DeploymentPackage."""
+
+    enabled: bool = Field(default=True, description="Upload a deployment package on success.")
+
+
+class AgentTestSpec(ApiModel):
+    """What to test: the agent, its model, the cases, and how to run them."""
+
+    agent: AgentSpec = Field(description="The agent under test.")
+    model: ModelSpec = Field(description="The model the agent talks to.")
+    cases: list[TestCase] = Field(
+        min_length=1,
+        max_length=MAX_CASES,
+        description="Test cases, 1 to 50, with unique names.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    backend: Backend | None = Field(
+        default=None,
+        description="Where the test runs: fargate, pod or local. Default: the operator's setting.",
+    )
+    timeout_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Wall-clock limit for the execution, 1 to 600 seconds.",
+    )
+    priority: int = Field(
+        default=0, ge=-1000, le=1000, description="Higher starts first when the queue is full."
+    )
+    resources: ResourceSpec = Field(
+        default_factory=ResourceSpec, description="CPU and memory for the execution."
+    )
+    cancel: bool = Field(default=False, description="Set true to stop the test; it ends Cancelled.")
+    package: PackageSpec = Field(
+        default_factory=PackageSpec, description="Deployment packaging on success."
+    )
+    ttl_seconds_after_finished: int = Field(
+        default=604800,
+        ge=0,
+        description="Delete the finished test after this many seconds (default 7 days).",
+    )
+
+
+# --------------------------------------------------------------------------
+# AgentTest status
+# --------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    BUILDING = "Building"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    CANCELLED = "Cancelled"
+    ERROR = "Error"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_PHASES
+
+    @property
+    def active(self) -> bool:
+        """Holds an execution slot."""
+        return self in (Phase.BUILDING, Phase.RUNNING)
+
+
+FINISHED_PHASES = frozenset(
+    {Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.CANCELLED, Phase.ERROR}
+)
+
+
+class Condition(ApiModel):
+    """A Kubernetes API condition (type, status, reason, message, lastTransitionTime)."""
+
+    type: str = Field(description="Condition type: Ready or Succeeded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, description="When status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+class Execution(ApiModel):
+    """The backend execution of the current attempt."""
+
+    backend: Backend = Field(description="Backend that runs the attempt.")
+    id: str = Field(description="Backend id: task ARN, pod name or local record name.")
+    started_at: str | None = Field(default=None, description="When the execution was launched.")
+    completed_at: str | None = Field(default=None, description="When the execution ended.")
+
+
+class CaseResult(ApiModel):
+    """The outcome of one case."""
+
+    name: str = Field(description="Case name.")
+    passed: bool = Field(description="Whether every expectation held.")
+    latency_seconds: float | None = Field(default=None, description="Time the agent took.")
+    output: str = Field(default="", description="The agent's answer (truncated).")
+    failures: list[str] = Field(default_factory=list, description="Expectations that failed.")
+
+
+class PackageRef(ApiModel):
+    """The DeploymentPackage made from this test."""
+
+    name: str = Field(description="Name of the DeploymentPackage in this namespace.")
+
+
+class AgentTestStatus(ApiModel):
+    """Observed state, written by the operator only."""
+
+    phase: Phase | None = Field(default=None, description="Lifecycle phase.")
+    message: str | None = Field(default=None, description="Why the test is in its phase.")
+    backend: Backend | None = Field(
+        default=None, description="The backend chosen for the test (spec.backend or the default)."
+    )
+    queue_position: int | None = Field(
+        default=None, description="1-based position while Queued; absent otherwise."
+    )
+    attempt: int = Field(default=0, description="Attempt number, raised by spec change or retry.")
+    execution: Execution | None = Field(default=None, description="The current execution.")
+    log_tail: str | None = Field(
+        default=None, description="Last lines of the execution's output (at most 8 KiB)."
+    )
+    cases: list[CaseResult] = Field(default_factory=list, description="Per-case results.")
+    cases_passed: str | None = Field(
+        default=None, description="Passed out of total, e.g. 2/3 (the CASES column)."
+    )
+    summary: str | None = Field(default=None, description="One-line outcome.")
+    duration: str | None = Field(
+        default=None, description="Execution time of the finished attempt, e.g. 12s."
+    )
+    infra_retries: int = Field(
+        default=0, description="Infrastructure failures retried in this attempt."
+    )
+    retry_after: str | None = Field(
+        default=None, description="Earliest time of the next infrastructure retry."
+    )
+    observed_retry: str | None = Field(
+        default=None, description="The agenttest.dev/retry annotation value last honoured."
+    )
+    spec_hash: str | None = Field(
+        default=None,
+        description="Fingerprint of the spec fields that define a run; a change starts an attempt.",
+    )
+    package_ref: PackageRef | None = Field(default=None, description="The deployment package.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready and Succeeded conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the status describes."
+    )
+
+
+# --------------------------------------------------------------------------
+# DeploymentPackage
+# --------------------------------------------------------------------------
+
+
+class AgentTestRef(ApiModel):
+    """The AgentTest a package came from."""
+
+    name: str = Field(description="Name of the AgentTest.")
+    uid: str = Field(description="UID of the AgentTest.")
+    attempt: int = Field(description="The attempt that passed.")
+
+
+class DeploymentPackageSpec(ApiModel):
+    """A deployment package in S3, made from a passing AgentTest."""
+
+    agent_test_ref: AgentTestRef = Field(description="The AgentTest it came from.")
+    s3_uri: str = Field(pattern=r"^s3://", description="Where the zip is, s3://bucket/key.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the zip.")
+    size_bytes: int = Field(ge=0, description="Size of the zip in bytes.")
+    files: list[str] = Field(default_factory=list, description="Files inside the zip.")
+
+
+class DeploymentPackageStatus(ApiModel):
+    """Observed state of the package."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="The Ready condition.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(default=None, description="Generation described.")
