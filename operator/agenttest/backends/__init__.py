@@ -1,0 +1,1 @@
+"""Execution backends: where a test's harness runs (see base.Executor)."""

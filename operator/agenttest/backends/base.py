@@ -1,0 +1,91 @@
+"""The Backend protocol: launch, observe, read logs since a cursor, stop.
+
+Every backend derives the identity of an execution from the test's uid, its
+attempt and its infrastructure retry (`ExecutionKey`), so launching twice,
+for example after the operator restarted mid-launch, finds the first
+execution instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agenttest.models import Backend
+
+
+@dataclass(frozen=True)
+class ExecutionKey:
+    uid: str
+    attempt: int
+    retry: int = 0
+
+    @property
+    def name(self) -> str:
+        """A DNS-label-safe name, unique per execution."""
+        return f"at-{self.uid[:8]}-{self.uid[-12:]}-a{self.attempt}-r{self.retry}"
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    key: ExecutionKey
+    namespace: str
+    test_name: str
+    harness_config: dict[str, Any]
+    timeout_seconds: int
+    cpu: str = "1"
+    memory: str = "2Gi"
+
+
+class ExecutionState(enum.Enum):
+    STARTING = "starting"  # accepted, not yet running (provisioning, scheduling)
+    RUNNING = "running"
+    EXITED = "exited"
+    MISSING = "missing"  # the backend has no such execution any more
+
+
+@dataclass(frozen=True)
+class Observation:
+    state: ExecutionState
+    exit_code: int | None = None
+    reason: str = ""
+    # True when the execution died of something other than the test itself
+    # (lost capacity, an evicted pod, a killed host): retried, never Failed.
+    infra_failure: bool = False
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    lines: list[str] = field(default_factory=list)
+    cursor: str | None = None  # pass back to continue after these lines
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot be used (not enabled, not configured)."""
+
+
+class LaunchRefused(RuntimeError):
+    """The backend refuses this request for good (e.g. an impossible size)."""
+
+
+class Executor(Protocol):
+    kind: Backend
+
+    async def launch(self, request: LaunchRequest) -> str:
+        """Start the execution (or find the one already started); return its id."""
+        ...
+
+    async def observe(self, execution_id: str) -> Observation: ...
+
+    async def read_logs(self, execution_id: str, cursor: str | None) -> LogChunk:
+        """Complete lines after `cursor` (None: from the start)."""
+        ...
+
+    async def stop(self, execution_id: str, reason: str) -> None:
+        """Stop it and return once it is gone; stopping a gone execution is fine."""
+        ...
+
+    async def cleanup(self, execution_id: str) -> None:
+        """Remove whatever the execution left behind."""
+        ...

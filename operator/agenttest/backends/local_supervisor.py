@@ -1,0 +1,53 @@
+"""Runs the harness for the local backend and records how it ended.
+
+Started by the local backend as the leader of a new session, so it outlives
+an operator restart. It writes the harness's exit code into the record
+directory (the operator may no longer be its parent to collect it) and
+removes the harness's work directory afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def supervise(record: Path) -> int:
+    work = record / "work"
+    work.mkdir(exist_ok=True)
+    # A SIGTERM sent to the process group reaches the harness too; outliving
+    # it for a moment lets this process record the exit code.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    with (record / "output.log").open("ab", buffering=0) as output:
+        harness = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agenttest.runner",
+                "--config",
+                str(record / "config.json"),
+                "--workdir",
+                str(work),
+            ],
+            cwd=work,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        code = harness.wait()
+    partial = record / "exit_code.partial"
+    partial.write_text(str(code))
+    partial.replace(record / "exit_code")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m agenttest.backends.local_supervisor RECORD_DIR")
+    os.umask(0o077)
+    sys.exit(supervise(Path(sys.argv[1])))

@@ -1,0 +1,95 @@
+"""The `agenttest` command.
+
+agenttest run [flags]      run the operator (flags override AGENTTEST_* variables)
+agenttest crds [--check]   write or check the CRDs in crds/
+agenttest cluster up       start the local control plane (see devcluster)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+
+from agenttest.settings import Settings
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; a flag sets the setting's AGENTTEST_* variable."""
+    for item in dataclasses.fields(Settings):
+        flag = "--" + item.name.replace("_", "-")
+        if item.type == "bool":
+            parser.add_argument(
+                flag,
+                action="store_const",
+                const="true",
+                dest=item.name,
+                help=f"sets AGENTTEST_{item.name.upper()}",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=item.name,
+                metavar=item.name.upper(),
+                help=f"sets AGENTTEST_{item.name.upper()}",
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    for item in dataclasses.fields(Settings):
+        value = getattr(args, item.name)
+        if value is not None:
+            os.environ[f"AGENTTEST_{item.name.upper()}"] = str(value)
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import kopf
+
+    import agenttest.handlers  # noqa: F401  (registers the handlers)
+
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(settings=settings),
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agenttest", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run the operator")
+    run_parser.add_argument("-v", "--verbose", action="store_true")
+    _add_setting_flags(run_parser)
+    sub.add_parser("crds", help="generate the CRDs (python -m agenttest.crdgen)")
+    sub.add_parser("cluster", help="the local control plane (python -m agenttest.devcluster)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "run":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return run(args)
+    if args.command == "crds":
+        from agenttest import crdgen
+
+        return crdgen.main(rest)
+    from agenttest import devcluster
+
+    return devcluster.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""One reconciliation step of an AgentTest: decide with pure code, act through executors.
+
+`reconcile` is called by the handlers about once a second per unfinished
+test. It reads the test, asks `lifecycle` and `queue` what should happen,
+performs the side effects (launch, stop, read logs) through the test's
+executor, and returns the new status; the handler writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from agenttest import lifecycle, logtail, queue
+from agenttest.backends.base import (
+    BackendUnavailable,
+    ExecutionKey,
+    ExecutionState,
+    Executor,
+    LaunchRefused,
+    LaunchRequest,
+)
+from agenttest.models import AgentTestSpec, AgentTestStatus, Backend, Phase
+from agenttest.settings import Settings
+from agenttest.sources import SourceUnavailable, fetch_source, harness_config
+
+logger = logging.getLogger(__name__)
+
+# Bounded so that one chatty execution cannot hold a step for long.
+MAX_LOG_READS_PER_STEP = 16
+
+
+@dataclass(frozen=True)
+class TestView:
+    """The parts of an AgentTest a step reads."""
+
+    __test__ = False  # not a pytest class
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    spec: AgentTestSpec
+    status: AgentTestStatus
+    retry: str | None = None
+
+
+@dataclass
+class Scheduler:
+    """Slot accounting shared by all tests of this operator.
+
+    The API server's view (the kopf index) lags our own writes by a watch
+    event; the phases we last wrote are overlaid on it so two tests can never
+    take the same free slot.
+    """
+
+    limit: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _written: dict[str, tuple[Phase | None, datetime.datetime | None]] = field(default_factory=dict)
+
+    def entries(self, indexed: Iterable[queue.QueueEntry]) -> list[queue.QueueEntry]:
+        result = []
+        for entry in indexed:
+            if entry.uid in self._written:
+                phase, not_before = self._written[entry.uid]
+                entry = replace(entry, phase=phase, not_before=not_before)
+            result.append(entry)
+        return result
+
+    def record(self, uid: str, status: AgentTestStatus) -> None:
+        self._written[uid] = (status.phase, lifecycle.parse_timestamp(status.retry_after))
+
+    def forget(self, uid: str) -> None:
+        self._written.pop(uid, None)
+
+
+@dataclass
+class Runtime:
+    """Everything a step needs besides the test itself."""
+
+    settings: Settings
+    executors: dict[Backend, Executor]
+    scheduler: Scheduler
+    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+    progress: dict[str, logtail.Progress] = field(default_factory=dict)
+
+    def executor(self, backend: Backend) -> Executor:
+        executor = self.executors.get(backend)
+        if executor is not None:
+            return executor
+        if backend == Backend.LOCAL:
+            raise BackendUnavailable(
+                "the local backend is disabled: it runs untrusted code on the operator's host; "
+                "start the operator with --enable-local-backend for development"
+            )
+        raise BackendUnavailable(f"the {backend.value} backend is not available in this operator")
+
+
+@dataclass(frozen=True)
+class Step:
+    status: AgentTestStatus
+    # Every phase passed through in this step, with its message, for Events.
+    transitions: list[tuple[Phase, str]]
+
+
+async def reconcile(
+    rt: Runtime, test: TestView, indexed: Callable[[], Iterable[queue.QueueEntry]]
+) -> Step:
+    transitions: list[tuple[Phase, str]] = []
+
+    def passed(status: AgentTestStatus) -> AgentTestStatus:
+        last = transitions[-1][0] if transitions else test.status.phase
+        if status.phase is not None and status.phase != last:
+            transitions.append((status.phase, status.message or status.phase.value))
+        return status
+
+    status = await _advance(rt, test, indexed, passed)
+    return Step(lifecycle.with_conditions(status, test.generation, rt.clock()), transitions)
+
+
+async def _advance(
+    rt: Runtime,
+    test: TestView,
+    indexed: Callable[[], Iterable[queue.QueueEntry]],
+    passed: Callable[[AgentTestStatus], AgentTestStatus],
+) -> AgentTestStatus:
+    status, spec = test.status, test.spec
+
+    reason = lifecycle.new_attempt_reason(status, spec, test.generation, test.retry)
+    if reason:
+        if status.execution is not None and status.phase and not status.phase.finished:
+            await _stop(rt, status, "superseded by a new attempt")
+        status = passed(lifecycle.start_attempt(status, spec, test.generation, test.retry, reason))
+    elif test.generation != status.observed_generation:
+        status = lifecycle.observe_spec(status, spec, test.generation)
+
+    if status.phase is None or status.phase.finished:
+        return status
+    if spec.cancel:
+        return passed(
+            await _stop_and_finish(rt, status, Phase.CANCELLED, "cancelled: spec.cancel is true")
+        )
+    if status.phase == Phase.PENDING:
+        status = passed(lifecycle.admit(status, spec.backend or rt.settings.default_backend))
+    if status.phase == Phase.QUEUED:
+        status = passed(await _try_launch(rt, test, status, indexed))
+    if status.phase is not None and status.phase.active:
+        status = passed(await _follow(rt, status, spec))
+    return status
+
+
+async def _try_launch(
+    rt: Runtime,
+    test: TestView,
+    status: AgentTestStatus,
+    indexed: Callable[[], Iterable[queue.QueueEntry]],
+) -> AgentTestStatus:
+    now = rt.clock()
+    assert status.backend is not None  # set by admit()
+    try:
+        executor = rt.executor(status.backend)
+    except BackendUnavailable as error:
+        return lifecycle.finish(status, Phase.ERROR, str(error), now)
+
+    async with rt.scheduler.lock:
+        plan = queue.plan(rt.scheduler.entries(indexed()), rt.settings.max_running, now)
+        if test.uid not in plan.startable:
+            return lifecycle.queue_position(status, plan.positions.get(test.uid))
+        claimed = lifecycle.launched(status, status.backend, "", now)
+        rt.scheduler.record(test.uid, claimed)  # the slot is ours before we leave the lock
+
+    key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
+    try:
+        source = await fetch_source(test.spec.agent.source, test.namespace)
+        execution_id = await executor.launch(
+            LaunchRequest(
+                key=key,
+                namespace=test.namespace,
+                test_name=test.name,
+                harness_config=harness_config(test.spec, source),
+                timeout_seconds=test.spec.timeout_seconds,
+                cpu=test.spec.resources.cpu,
+                memory=test.spec.resources.memory,
+            )
+        )
+    except (SourceUnavailable, LaunchRefused) as error:
+        return lifecycle.finish(status, Phase.ERROR, str(error), now)
+    except Exception as error:
+        logger.exception("launch of %s/%s failed", test.namespace, test.name)
+        return lifecycle.infra_failure(
+            status,
+            f"launch failed: {error}",
+            now,
+            rt.settings.infra_max_retries,
+            rt.settings.infra_backoff_seconds,
+        )
+    return lifecycle.launched(status, status.backend, execution_id, now)
+
+
+async def _read_all(rt: Runtime, executor: Executor, execution_id: str) -> logtail.Progress:
+    progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
+    for _ in range(MAX_LOG_READS_PER_STEP):
+        chunk = await executor.read_logs(execution_id, progress.cursor)
+        if not chunk.lines and chunk.cursor == progress.cursor:
+            break
+        progress = logtail.follow(progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor)
+    rt.progress[execution_id] = progress
+    return progress
+
+
+async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> AgentTestStatus:
+    assert status.execution is not None and status.backend is not None
+    executor = rt.executor(status.backend)
+    execution_id = status.execution.id
+    # Observe before reading: an execution seen exited has all its output written.
+    observation = await executor.observe(execution_id)
+    progress = await _read_all(rt, executor, execution_id)
+    status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
+    now = rt.clock()
+
+    if observation.state == ExecutionState.EXITED:
+        rt.progress.pop(execution_id, None)
+        result = lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
+        phase, message = lifecycle.outcome(result, observation.exit_code, progress.last_line)
+        return lifecycle.finish(status, phase, message, now, result)
+    if observation.state == ExecutionState.MISSING:
+        rt.progress.pop(execution_id, None)
+        if observation.infra_failure:
+            return lifecycle.infra_failure(
+                status,
+                observation.reason,
+                now,
+                rt.settings.infra_max_retries,
+                rt.settings.infra_backoff_seconds,
+            )
+        return lifecycle.finish(status, Phase.ERROR, observation.reason, now)
+    if lifecycle.timed_out(status, spec.timeout_seconds, now):
+        return await _stop_and_finish(
+            rt, status, Phase.TIMED_OUT, f"timed out after {spec.timeout_seconds}s"
+        )
+    status = lifecycle.progressed(
+        status, Phase.RUNNING if progress.harness_phase == "Running" else None
+    )
+    if observation.state == ExecutionState.STARTING and observation.reason:
+        status = status.model_copy(update={"message": observation.reason})
+    return status
+
+
+async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
+    if status.execution is None or status.backend is None or not status.execution.id:
+        return
+    try:
+        executor = rt.executor(status.backend)
+    except BackendUnavailable:
+        return
+    await executor.stop(status.execution.id, reason)
+
+
+async def _stop_and_finish(
+    rt: Runtime, status: AgentTestStatus, phase: Phase, message: str
+) -> AgentTestStatus:
+    """Stop the execution if there is one, keep its last output, end in `phase`."""
+    if status.execution is not None and status.backend is not None and status.execution.id:
+        await _stop(rt, status, message)
+        progress = await _read_all(rt, rt.executor(status.backend), status.execution.id)
+        rt.progress.pop(status.execution.id, None)
+        status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
+    return lifecycle.finish(status, phase, message, rt.clock())
+
+
+async def delete(rt: Runtime, status: AgentTestStatus) -> None:
+    """The test is being deleted: stop its execution and remove what it left."""
+    if status.execution is None or status.backend is None or not status.execution.id:
+        return
+    try:
+        executor = rt.executor(status.backend)
+    except BackendUnavailable:
+        return
+    await executor.cleanup(status.execution.id)
+    rt.progress.pop(status.execution.id, None)

@@ -1,0 +1,104 @@
+"""The bounded log tail kept in status.logTail: pure functions, no I/O.
+
+Lines go in as the backend reads them; what comes out is the last lines that
+fit the byte budget, without ANSI escapes, without the harness's machine
+lines, and with anything that looks like a credential masked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+MACHINE_PREFIX = "::agenttest:: "
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_SECRETS = [
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(
+        r"(?i)\b(aws_secret_access_key|aws_session_token|api[_-]?key|secret|password|token)"
+        r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+    ),
+    re.compile(r"(?i)\b(authorization:\s*bearer\s+)\S+"),
+]
+REDACTED = "[REDACTED]"
+
+
+def clean_line(line: str) -> str:
+    """One log line as it may be shown: no escapes, no control bytes, no secrets."""
+    line = _CONTROL.sub("", _ANSI.sub("", line.rstrip("\r\n")))
+    line = _SECRETS[0].sub(REDACTED, line)
+    line = _SECRETS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
+    return _SECRETS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+
+
+def is_machine_line(line: str) -> bool:
+    return line.startswith(MACHINE_PREFIX)
+
+
+def append(tail: str, lines: list[str], limit: int = 8192) -> str:
+    """The tail after `lines` arrived: the newest whole lines within `limit` bytes."""
+    shown = [clean_line(line) for line in lines if not is_machine_line(line)]
+    if not shown:
+        return tail
+    text = "\n".join([tail, *shown]) if tail else "\n".join(shown)
+    return bound(text, limit)
+
+
+def bound(text: str, limit: int) -> str:
+    """Drop the oldest lines until the UTF-8 size fits; cut one overlong line."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    kept = data[-limit:].decode(errors="ignore")
+    newline = kept.find("\n")
+    # Keep whole lines where there is more than one; a single huge line is cut.
+    return kept[newline + 1 :] if 0 <= newline < len(kept) - 1 else kept
+
+
+def parse_machine_line(line: str) -> dict[str, Any] | None:
+    """The JSON event of a `::agenttest:: {...}` line, or None for anything else."""
+    if not is_machine_line(line):
+        return None
+    try:
+        event = json.loads(line[len(MACHINE_PREFIX) :])
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What has been read of one execution's output so far."""
+
+    execution_id: str
+    cursor: str | None = None
+    tail: str = ""
+    harness_phase: str | None = None  # "Building" / "Running" from the harness
+    result: dict[str, Any] | None = None  # the harness's final result event
+    last_line: str = ""
+
+
+def follow(progress: Progress, lines: list[str], limit: int, cursor: str | None) -> Progress:
+    """Fold newly read lines into the progress of an execution."""
+    phase, result, last = progress.harness_phase, progress.result, progress.last_line
+    for line in lines:
+        event = parse_machine_line(line)
+        if event is None:
+            if line.strip():
+                last = clean_line(line)
+        elif event.get("event") == "phase":
+            phase = str(event.get("phase"))
+        elif event.get("event") == "result":
+            result = event
+    return replace(
+        progress,
+        cursor=cursor,
+        tail=append(progress.tail, lines, limit),
+        harness_phase=phase,
+        result=result,
+        last_line=last,
+    )

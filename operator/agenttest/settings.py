@@ -1,0 +1,86 @@
+"""Operator settings: one place, read from the environment, overridable by flags.
+
+Every setting is an `AGENTTEST_<NAME>` environment variable; `agenttest run`
+flags override them. The defaults work for the demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agenttest.models import Backend
+
+
+def _default_state_dir() -> str:
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return str(base / "agenttest" / "local-runs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # How many tests may hold an execution (Building or Running) at once.
+    max_running: int = 10
+    # Backend for tests whose spec.backend is empty.
+    default_backend: Backend = Backend.FARGATE
+    # The local backend runs untrusted agent code on the operator's host:
+    # it exists for development and the demo and must be switched on.
+    enable_local_backend: bool = False
+    # Namespaces to watch, comma separated; empty watches the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    # Seconds between two looks at a running execution (and the most often a
+    # test's status is written).
+    poll_interval: float = 1.0
+    # Bytes of log kept in status.logTail.
+    log_tail_bytes: int = 8192
+    # Infrastructure failures (lost process, capacity, throttling) retried
+    # per attempt before the test ends in Error, and the first backoff.
+    infra_max_retries: int = 3
+    infra_backoff_seconds: float = 5.0
+    # Seconds a stopped execution gets between SIGTERM and SIGKILL.
+    stop_grace_seconds: float = 5.0
+    # Where the local backend keeps its per-execution records.
+    local_state_dir: str = field(default_factory=_default_state_dir)
+    # Environment variables the local backend passes to the harness (the rest
+    # of the operator's environment, credentials included, is withheld).
+    local_pass_env: tuple[str, ...] = ()
+    # Prometheus metrics port; 0 turns the endpoint off.
+    metrics_port: int = 8080
+    # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.
+    health_port: int = 8081
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then AGENTTEST_* variables, then explicit overrides (flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            raw = environ.get(f"AGENTTEST_{item.name.upper()}")
+            if raw is not None:
+                values[item.name] = _parse(item.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind == "Backend":
+            return Backend(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError as error:
+        raise ValueError(f"AGENTTEST_{name.upper()}={raw!r} is not a valid {kind}") from error
+    return raw
