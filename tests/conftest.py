@@ -1,0 +1,62 @@
+"""Fixtures that stand up the real parts: control plane, scripted model, operator.
+
+The control plane is one per session (it takes seconds to start); each test
+gets its own namespace and its own operator process that watches only that
+namespace, so tests cannot see each other's AgentTests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agenttest import devcluster
+from agenttest.modelserver import ScriptedModelServer
+from support import CRDS, Kube, Operator
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[devcluster.Cluster]:
+    binaries = devcluster.find_binaries()
+    with devcluster.Cluster(binaries) as running:
+        running.install_crds(CRDS)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def model_server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def kube(cluster: devcluster.Cluster) -> Iterator[Kube]:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", namespace)
+    yield Kube(cluster, namespace)
+
+
+@pytest.fixture
+def start_operator(
+    cluster: devcluster.Cluster, kube: Kube, tmp_path: Path
+) -> Iterator[Callable[..., Operator]]:
+    operators: list[Operator] = []
+
+    def start(**settings: Any) -> Operator:
+        operator = Operator(
+            cluster, kube.namespace, tmp_path / "runs", tmp_path / "operator.log", **settings
+        )
+        operators.append(operator.start())
+        return operator
+
+    yield start
+    # Delete the tests while an operator still runs, so finalizers are honoured
+    # and no harness process outlives the test.
+    if operators and operators[-1].process and operators[-1].process.poll() is None:
+        kube.run("delete", "agenttests", "--all", "--timeout=60s", check=False)
+    for operator in operators:
+        operator.stop()

@@ -1,0 +1,286 @@
+"""Whole AgentTest flows: kubectl -> operator -> local harness -> status, on the real API server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agenttest.modelserver import ScriptedModelServer
+from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test, pid_alive
+
+StartOperator = Callable[..., Operator]
+
+
+def sample(endpoint: str) -> dict[str, Any]:
+    manifest = yaml.safe_load((ROOT / "manifests" / "samples" / "agenttest.yaml").read_text())
+    manifest["spec"]["model"]["endpoint"] = endpoint
+    return dict(manifest)
+
+
+def condition(test: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in test["status"]["conditions"] if c["type"] == kind)
+
+
+def recording_agent(directory: Path, sleep: float = 0.0) -> str:
+    """An agent that records its process: pid, start and end time, one file per run."""
+    return f"""
+import atexit, os, time
+from strands import Agent
+
+_record = os.path.join({str(directory)!r}, f"{{os.getpid()}}.json")
+_start = time.time()
+def _done():
+    import json
+    with open(_record, "w") as f:
+        json.dump({{"start": _start,
+                   "end": time.time(), "pid": os.getpid(), "cwd": os.getcwd()}}, f)
+atexit.register(_done)
+with open(os.path.join({str(directory)!r}, f"{{os.getpid()}}.pid"), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep({sleep})
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+def test_sample_reaches_succeeded_with_log_tail_and_cases(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    kube.apply(sample(model_server.url))
+    test = kube.wait_for_phase("hello-agent", "Succeeded", "Failed", "Error", "TimedOut")
+    status = test["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "case greets: PASS" in status["logTail"]
+    assert [(c["name"], c["passed"]) for c in status["cases"]] == [
+        ("greets", True),
+        ("knows-capitals", True),
+    ]
+    assert "Paris" in status["cases"][1]["output"]
+    assert status["casesPassed"] == "2/2"
+    assert status["attempt"] == 1
+    assert status["observedGeneration"] == test["metadata"]["generation"]
+    assert condition(test, "Ready")["status"] == "True"
+    assert condition(test, "Succeeded")["reason"] == "Succeeded"
+    assert "::agenttest::" not in status["logTail"], "machine lines stay out of the tail"
+
+    events = kube.run(
+        "get", "events", "--field-selector", "involvedObject.name=hello-agent", "-o", "json"
+    ).stdout
+    reasons = {event["reason"] for event in json.loads(events)["items"]}
+    assert {"Queued", "Building", "Succeeded"} <= reasons
+
+    # `kubectl wait` understands the Ready condition.
+    kube.run("wait", "--for=condition=Ready", "agenttest/hello-agent", "--timeout=5s")
+
+
+def test_kubectl_get_shows_the_columns(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    kube.apply(sample(model_server.url))
+    kube.wait_for_phase("hello-agent", "Succeeded")
+    header, row = kube.run("get", "agenttests").stdout.splitlines()
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "BACKEND",
+        "MODEL",
+        "CASES",
+        "QUEUE",
+        "AGE",
+        "DURATION",
+    ]
+    cells = row.split()
+    assert cells[:5] == ["hello-agent", "Succeeded", "local", "llama3.1:8b", "2/2"]
+    assert cells[-1].endswith("s")  # the duration
+    wide = kube.run("get", "agenttests", "-o", "wide").stdout
+    assert "ATTEMPT" in wide and "MESSAGE" in wide
+
+
+def test_syntax_error_ends_failed_with_reason(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    kube.apply(agent_test("broken", "def agent(:\n    pass\n", model_server.url))
+    status = kube.wait_for_phase("broken", "Failed", "Succeeded", "Error")["status"]
+    assert status["phase"] == "Failed"
+    assert "syntax error" in status["message"]
+    assert "line 1" in status["message"]
+
+
+def test_failing_expectation_is_named(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    cases = [
+        {"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}},
+        {"name": "wrong", "query": "Say hello", "expect": {"contains": ["goodbye"]}},
+    ]
+    kube.apply(agent_test("half", SIMPLE_AGENT, model_server.url, cases=cases))
+    test = kube.wait_for_phase("half", "Failed", "Succeeded", "Error")
+    status = test["status"]
+    assert status["phase"] == "Failed"
+    assert status["casesPassed"] == "1/2"
+    assert "wrong" in status["message"] and "goodbye" in status["message"]
+    assert condition(test, "Succeeded")["status"] == "False"
+
+
+def test_unreachable_model_ends_failed(kube: Kube, start_operator: StartOperator) -> None:
+    start_operator()
+    kube.apply(agent_test("nomodel", SIMPLE_AGENT, "http://127.0.0.1:9"))
+    status = kube.wait_for_phase("nomodel", "Failed", "Succeeded", "Error")["status"]
+    assert status["phase"] == "Failed"
+    assert "unreachable" in json.dumps(status["cases"])
+
+
+def test_timeout_ends_timed_out_and_kills_the_process(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    start_operator()
+    kube.apply(
+        agent_test("slow", recording_agent(tmp_path, sleep=300), model_server.url, timeoutSeconds=3)
+    )
+    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
+    pid = int(pid_file.read_text())
+    status = kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded", "Error")["status"]
+    assert status["phase"] == "TimedOut"
+    assert "timed out after 3s" in status["message"]
+    assert not pid_alive(pid), "the harness process must be gone"
+
+
+def test_cancel_mid_run_ends_cancelled_and_kills_the_process(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    start_operator()
+    kube.apply(agent_test("cancel-me", recording_agent(tmp_path, sleep=300), model_server.url))
+    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
+    pid = int(pid_file.read_text())
+    kube.patch("cancel-me", {"spec": {"cancel": True}})
+    status = kube.wait_for_phase("cancel-me", "Cancelled", "Failed", "Succeeded")["status"]
+    assert status["phase"] == "Cancelled"
+    assert not pid_alive(pid)
+
+
+def test_deleting_a_running_test_stops_its_process(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    start_operator()
+    kube.apply(agent_test("delete-me", recording_agent(tmp_path, sleep=300), model_server.url))
+    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
+    pid = int(pid_file.read_text())
+    kube.run("delete", "agenttest", "delete-me", "--timeout=60s")
+    assert not pid_alive(pid)
+    assert not kube.get_all()
+
+
+def test_retry_annotation_and_spec_change_start_new_attempts(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    kube.apply(agent_test("again", SIMPLE_AGENT, model_server.url))
+    kube.wait_for_phase("again", "Succeeded")
+
+    kube.run("annotate", "agenttest", "again", "agenttest.dev/retry=1")
+    kube.wait_for("attempt 2", lambda: kube.get("again")["status"].get("attempt") == 2)
+    status = kube.wait_for_phase("again", "Succeeded")["status"]
+    assert status["attempt"] == 2
+
+    kube.patch("again", {"spec": {"timeoutSeconds": 60}})
+    kube.wait_for("attempt 3", lambda: kube.get("again")["status"].get("attempt") == 3)
+    test = kube.wait_for_phase("again", "Succeeded")
+    assert test["status"]["observedGeneration"] == test["metadata"]["generation"]
+
+    kube.patch("again", {"spec": {"priority": 5}})  # not part of the run: no new attempt
+
+    def observed() -> dict[str, Any] | None:
+        test = kube.get("again")
+        current = test["status"]["observedGeneration"] == test["metadata"]["generation"]
+        return test if current and test["metadata"]["generation"] == 3 else None
+
+    assert kube.wait_for("the new generation to be observed", observed)["status"]["attempt"] == 3
+
+
+def test_queue_limit_priority_order_and_all_succeed(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    limit, count = 3, 25
+    start_operator(max_running=limit)
+    source = recording_agent(tmp_path, sleep=1.0)
+    manifests = [
+        agent_test(f"q{i:02d}", source, model_server.url, priority=i % 3) for i in range(count)
+    ]
+    kube.apply(*manifests)
+
+    positions: set[int] = set()
+
+    def all_finished() -> bool:
+        tests = kube.get_all()
+        positions.update(t["status"].get("queuePosition", 0) for t in tests if "status" in t)
+        return all(t.get("status", {}).get("phase") == "Succeeded" for t in tests)
+
+    kube.wait_for("all 25 to succeed", all_finished, timeout=300)
+    assert max(positions) > limit, "queued tests show their queue position"
+
+    tests = {t["metadata"]["name"]: t for t in kube.get_all()}
+    runs = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert len(runs) == count, "every test ran exactly once"
+
+    # Never more than `limit` harness processes alive at the same moment.
+    moments = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+    alive = peak = 0
+    for _, change in moments:
+        alive += change
+        peak = max(peak, alive)
+    assert peak <= limit
+
+    # Start order: priority, then creation. A test may start before one that
+    # ranks higher only within the window of free slots it started in.
+    by_pid = {r["pid"]: r for r in runs}
+    starts = []
+    for test in tests.values():
+        record_dir = test["status"]["execution"]["id"]
+        run = next(r for r in by_pid.values() if record_dir in r["cwd"])
+        starts.append(
+            (
+                run["start"],
+                -test["spec"]["priority"],
+                test["metadata"]["creationTimestamp"],
+                test["metadata"]["name"],
+            )
+        )
+    starts.sort()
+    for index, (_, *rank) in enumerate(starts[limit:], start=limit):
+        overtaken = [later for later in starts[index + 1 :] if later[1:] < tuple(rank)]
+        assert len(overtaken) < limit, f"{rank[-1]} started before {overtaken}"
+
+
+def test_operator_killed_mid_run_finishes_every_test_exactly_once(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    operator = start_operator(max_running=3)
+    source = recording_agent(tmp_path, sleep=2.0)
+    kube.apply(*[agent_test(f"r{i}", source, model_server.url) for i in range(6)])
+
+    def some_running() -> bool:
+        return any(
+            t.get("status", {}).get("phase") in ("Building", "Running") for t in kube.get_all()
+        )
+
+    kube.wait_for("a test to run", some_running)
+    operator.kill()
+    start_operator(max_running=3)
+
+    kube.wait_for(
+        "all six to succeed",
+        lambda: all(t.get("status", {}).get("phase") == "Succeeded" for t in kube.get_all()),
+        timeout=180,
+    )
+    runs = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert len(runs) == 6, f"each test ran exactly once, got {len(runs)} runs"
+    assert all(t["status"]["attempt"] == 1 for t in kube.get_all())

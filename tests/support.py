@@ -1,0 +1,174 @@
+"""Helpers for the tests that use the real control plane: kubectl, the operator process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agenttest import devcluster
+
+ROOT = Path(__file__).resolve().parents[1]
+CRDS = ROOT / "crds"
+
+
+class Kube:
+    """kubectl against the test cluster, in one namespace."""
+
+    def __init__(self, cluster: devcluster.Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+
+    def run(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, check=check, input_text=input_text)
+
+    def apply(
+        self, *documents: dict[str, Any], check: bool = True, server_side: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        text = yaml.safe_dump_all(documents)
+        flags = ["--server-side"] if server_side else []
+        return self.run("apply", *flags, "-f", "-", check=check, input_text=text)
+
+    def get(self, name: str, kind: str = "agenttest") -> dict[str, Any]:
+        return dict(json.loads(self.run("get", kind, name, "-o", "json").stdout))
+
+    def get_all(self, kind: str = "agenttests") -> list[dict[str, Any]]:
+        return list(json.loads(self.run("get", kind, "-o", "json").stdout)["items"])
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.run("patch", "agenttest", name, "--type=merge", "-p", json.dumps(patch))
+
+    def wait_for(
+        self,
+        description: str,
+        condition: Callable[[], Any],
+        timeout: float = 60.0,
+    ) -> Any:
+        """Poll until `condition()` is truthy; fail with what was last seen."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = condition()
+            except (subprocess.CalledProcessError, devcluster.ClusterError) as error:
+                last = error
+            else:
+                if last:
+                    return last
+            time.sleep(0.2)
+        pytest.fail(f"timed out after {timeout}s waiting for {description}; last: {last!r}")
+
+    def wait_for_phase(self, name: str, *phases: str, timeout: float = 90.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            test = self.get(name)
+            return test if test.get("status", {}).get("phase") in phases else None
+
+        result: dict[str, Any] = self.wait_for(f"{name} to reach {phases}", reached, timeout)
+        return result
+
+
+class Operator:
+    """`agenttest run` as a subprocess, the way a user starts it."""
+
+    def __init__(
+        self,
+        cluster: devcluster.Cluster,
+        namespace: str,
+        state_dir: Path,
+        log_path: Path,
+        **settings: Any,
+    ) -> None:
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "AGENTTEST_NAMESPACES": namespace,
+            "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",
+            "AGENTTEST_DEFAULT_BACKEND": "local",
+            "AGENTTEST_LOCAL_STATE_DIR": str(state_dir),
+            "AGENTTEST_METRICS_PORT": "0",
+            "AGENTTEST_HEALTH_PORT": "0",
+            **{f"AGENTTEST_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agenttest.cli", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up, as in a node crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def agent_test(
+    name: str,
+    source: str,
+    endpoint: str,
+    cases: list[dict[str, Any]] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """An AgentTest manifest with the scripted model and the local backend."""
+    return {
+        "apiVersion": "agenttest.dev/v1alpha1",
+        "kind": "AgentTest",
+        "metadata": {"name": name},
+        "spec": {
+            "agent": {"source": {"inline": source}},
+            "model": {"provider": "ollama", "modelId": "scripted", "endpoint": endpoint},
+            "cases": cases
+            or [{"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}}],
+            "backend": "local",
+            "timeoutSeconds": 120,
+            **spec,
+        },
+    }
+
+
+SIMPLE_AGENT = """
+from strands import Agent
+
+def agent(model):
+    return Agent(model=model, system_prompt="Be brief.")
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
