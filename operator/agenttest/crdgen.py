@@ -21,11 +21,27 @@ from agenttest import models
 
 Schema = dict[str, Any]
 
+CATEGORY = "agenttesting"
+
 # Keywords a structural schema may carry; anything else pydantic emits is dropped.
 _KEPT = {
-    "type", "description", "properties", "items", "required", "enum", "default", "format",
-    "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
-    "additionalProperties", "nullable",
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "enum",
+    "default",
+    "format",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "additionalProperties",
+    "nullable",
 }
 
 
@@ -144,7 +160,9 @@ def crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": ["agenttest"],
+                # Not "agenttest": kubectl expands categories before it matches
+                # names, so that would break `kubectl get agenttest NAME`.
+                "categories": [CATEGORY],
             },
             "versions": [
                 {

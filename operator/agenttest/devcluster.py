@@ -91,7 +91,11 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
     log(f"building Kubernetes {version} from its Go modules (first time only, takes minutes)")
     download = subprocess.run(
         [go, "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        cwd=work, env=env, capture_output=True, text=True, check=False,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if download.returncode != 0:
         raise ClusterError(f"cannot download k8s.io/kubernetes@{version}: {download.stderr}")
@@ -110,15 +114,31 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
     stamp = " ".join(
         f"-X {pkg}.{key}={value}"
         for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-        for key, value in (("gitVersion", version), ("gitMajor", "1"), ("gitMinor", minor),
-                           ("gitTreeState", "clean"))
+        for key, value in (
+            ("gitVersion", version),
+            ("gitMajor", "1"),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+        )
     )
     bin_dir = target / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, package in zip(KUBE_BINARIES, packages, strict=True):
         log(f"building {name} ...")
-        _run([go, "build", "-trimpath", "-ldflags", f"-s -w {stamp}", "-o",
-              str(bin_dir / name), package], work, env)
+        _run(
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags",
+                f"-s -w {stamp}",
+                "-o",
+                str(bin_dir / name),
+                package,
+            ],
+            work,
+            env,
+        )
     log(f"Kubernetes {version} binaries cached in {bin_dir}")
     return bin_dir
 
@@ -244,8 +264,12 @@ class Cluster:
         log_path = self.directory / f"{name}.log"
         with log_path.open("wb") as log_file:
             self._processes[name] = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.directory, start_new_session=True,
+                args,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.directory,
+                start_new_session=True,
             )
 
     def _log_tail(self, name: str, lines: int = 25) -> str:
@@ -256,17 +280,20 @@ class Cluster:
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
-        self._spawn("etcd", [
-            str(self.binaries.etcd),
-            "--name=agenttest",
-            f"--data-dir={self.directory / 'etcd'}",
-            f"--listen-client-urls={self.etcd_url}",
-            f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=agenttest=http://127.0.0.1:{peer}",
-            "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=agenttest",
+                f"--data-dir={self.directory / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=agenttest=http://127.0.0.1:{peer}",
+                "--log-level=warn",
+            ],
+        )
 
     def _start_apiserver(self) -> None:
         self.api_port = self.api_port or free_port()
@@ -278,36 +305,42 @@ class Cluster:
         )
         tokens = self.directory / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin,"system:masters"\n')
-        self._spawn("kube-apiserver", [
-            str(self.binaries.kube_apiserver),
-            f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.api_port}",
-            f"--cert-dir={certs}",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
-            f"--service-account-key-file={key}",
-            f"--service-account-signing-key-file={key}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--disable-admission-plugins=ServiceAccount",
-            "--profiling=false",
-            "--v=0",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--cert-dir={certs}",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={key}",
+                f"--service-account-signing-key-file={key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+                "--profiling=false",
+                "--v=0",
+            ],
+        )
 
     def _start_controller_manager(self) -> None:
         # The garbage collector deletes what an owner reference ties to a
         # deleted owner (DeploymentPackages, pods, config maps); namespace
         # deletion needs the namespace controller.
-        self._spawn("kube-controller-manager", [
-            str(self.binaries.kube_controller_manager),
-            f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,namespace,serviceaccount",
-            "--leader-elect=false",
-            "--secure-port=0",
-            "--v=0",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                "--controllers=garbagecollector,namespace,serviceaccount",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=0",
+            ],
+        )
 
     def _wait_ready(self, timeout: float) -> None:
         context = ssl.create_default_context()
@@ -323,10 +356,12 @@ class Cluster:
                     raise ClusterError(
                         f"{name} exited with {process.returncode}:\n{self._log_tail(name)}"
                     )
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(request, context=context, timeout=2) as response:
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(request, context=context, timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)
         raise ClusterError(
             f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}"
@@ -355,7 +390,11 @@ class Cluster:
         """Run the cluster's own kubectl against it."""
         result = subprocess.run(
             [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input_text, capture_output=True, text=True, check=False, timeout=120,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -363,9 +402,7 @@ class Cluster:
 
     def install_crds(self, directory: Path) -> None:
         self.kubectl("apply", "--server-side", "-f", str(directory))
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "-f", str(directory)
-        )
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(directory))
 
 
 def main(argv: list[str] | None = None) -> int:
