@@ -284,3 +284,27 @@ def test_operator_killed_mid_run_finishes_every_test_exactly_once(
     runs = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert len(runs) == 6, f"each test ran exactly once, got {len(runs)} runs"
     assert all(t["status"]["attempt"] == 1 for t in kube.get_all())
+
+
+def test_a_lost_execution_is_retried_within_the_same_attempt(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
+) -> None:
+    start_operator(infra_backoff_seconds=0.5)
+    marker = tmp_path / "killed-once"
+    # The first run kills its own process group, supervisor included, the way
+    # a host losing the process would: no exit code is ever recorded.
+    source = f"""
+import os, signal
+from strands import Agent
+if not os.path.exists({str(marker)!r}):
+    open({str(marker)!r}, "w").close()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+def agent(model):
+    return Agent(model=model)
+"""
+    kube.apply(agent_test("flaky-host", source, model_server.url))
+    status = kube.wait_for_phase("flaky-host", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["attempt"] == 1
+    assert status["infraRetries"] == 1

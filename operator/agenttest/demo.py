@@ -1,0 +1,141 @@
+"""`make demo`: the whole loop on one machine.
+
+Starts the local control plane, installs the CRDs, starts the scripted model
+(or uses a real Ollama when AGENTTEST_DEMO_OLLAMA is set), runs the operator
+with the local backend, applies manifests/samples/agenttest.yaml and shows
+`kubectl get agenttests -w` until the test ends.
+
+    AGENTTEST_DEMO_OLLAMA=http://127.0.0.1:11434  use this Ollama instead
+    AGENTTEST_DEMO_MODEL=llama3.1:8b              the model to ask there
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from agenttest import devcluster
+from agenttest.modelserver import ScriptedModelServer
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "manifests" / "samples" / "agenttest.yaml"
+FINISHED = {"Succeeded", "Failed", "TimedOut", "Cancelled", "Error"}
+
+
+def say(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+@contextlib.contextmanager
+def model_endpoint() -> Iterator[tuple[str, str | None]]:
+    """(endpoint, model id or None to keep the sample's)."""
+    ollama = os.environ.get("AGENTTEST_DEMO_OLLAMA")
+    if ollama:
+        say(f"using the Ollama at {ollama}")
+        yield ollama, os.environ.get("AGENTTEST_DEMO_MODEL")
+        return
+    with ScriptedModelServer() as server:
+        say(f"scripted model (Ollama API) listening on {server.url}")
+        yield server.url, None
+
+
+@contextlib.contextmanager
+def operator(cluster: devcluster.Cluster) -> Iterator[Path]:
+    log_path = cluster.directory / "operator.log"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "AGENTTEST_LOCAL_STATE_DIR": str(cluster.directory / "runs"),
+        "AGENTTEST_METRICS_PORT": "0",
+        "AGENTTEST_HEALTH_PORT": "0",
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agenttest.cli", "run", "--enable-local-backend",
+             "--default-backend", "local"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    say(f"operator started (pid {process.pid}, log {log_path})")
+    try:
+        yield log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def watch_until_finished(cluster: devcluster.Cluster, name: str, timeout: float) -> dict[str, object]:
+    """Show `kubectl get agenttests -w` while polling for the end."""
+    kubectl = [str(cluster.binaries.kubectl), f"--kubeconfig={cluster.kubeconfig}"]
+    say("kubectl get agenttests -w")
+    watch = subprocess.Popen([*kubectl, "get", "agenttests", "-w"], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            test = json.loads(cluster.kubectl("get", "agenttest", name, "-o", "json").stdout)
+            if test.get("status", {}).get("phase") in FINISHED:
+                time.sleep(0.5)  # let the watch print the final line
+                return dict(test)
+            time.sleep(0.5)
+        raise devcluster.ClusterError(f"{name} did not finish within {timeout:.0f}s")
+    finally:
+        watch.terminate()
+        watch.wait()
+
+
+def main() -> int:
+    try:
+        binaries = devcluster.find_binaries()
+        say("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
+        with devcluster.Cluster(binaries) as cluster, model_endpoint() as (endpoint, model):
+            cluster.install_crds(ROOT / "crds")
+            with operator(cluster) as operator_log:
+                manifest = yaml.safe_load(SAMPLE.read_text())
+                manifest["spec"]["model"]["endpoint"] = endpoint
+                if model:
+                    manifest["spec"]["model"]["modelId"] = model
+                name = manifest["metadata"]["name"]
+                say(f"kubectl apply -f {SAMPLE.relative_to(ROOT)}")
+                print(cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(manifest))
+                      .stdout.strip())
+                test = watch_until_finished(cluster, name, timeout=300)
+                status = test["status"]
+                assert isinstance(status, dict)
+                say(f"{name}: {status['phase']} - {status.get('summary', '')}")
+                print(status.get("logTail", ""))
+                if status["phase"] != "Succeeded":
+                    print(f"\nmessage: {status.get('message')}\noperator log: {operator_log}")
+                _keep_running(cluster)
+                return 0 if status["phase"] == "Succeeded" else 1
+    except devcluster.ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _keep_running(cluster: devcluster.Cluster) -> None:
+    """At a terminal, leave everything up for exploring; in scripts, clean up."""
+    if not sys.stdin.isatty():
+        say("done; stopping the control plane")
+        return
+    say("the control plane keeps running; in another terminal:")
+    print(f"    export KUBECONFIG={cluster.kubeconfig}")
+    print(f"    {cluster.binaries.kubectl} get agenttests -o yaml")
+    print(f"    {cluster.binaries.kubectl} describe agenttest hello-agent")
+    print("press Ctrl-C to stop everything and clean up", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
