@@ -60,6 +60,12 @@ class Scheduler:
     limit: int
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _written: dict[str, tuple[Phase | None, datetime.datetime | None]] = field(default_factory=dict)
+    # Every queued test asks once a second; with hundreds queued, one plan
+    # serves them all until a phase changes or it is PLAN_TTL old.
+    _plan: tuple[int, datetime.datetime, queue.QueuePlan] | None = None
+    _version: int = 0
+
+    PLAN_TTL = datetime.timedelta(seconds=0.25)
 
     def entries(self, indexed: Iterable[queue.QueueEntry]) -> list[queue.QueueEntry]:
         result = []
@@ -70,11 +76,26 @@ class Scheduler:
             result.append(entry)
         return result
 
+    def plan(
+        self, indexed: Callable[[], Iterable[queue.QueueEntry]], now: datetime.datetime
+    ) -> queue.QueuePlan:
+        if self._plan is not None:
+            version, made, cached = self._plan
+            if version == self._version and now - made < self.PLAN_TTL:
+                return cached
+        fresh = queue.plan(self.entries(indexed()), self.limit, now)
+        self._plan = (self._version, now, fresh)
+        return fresh
+
     def record(self, uid: str, status: AgentTestStatus) -> None:
-        self._written[uid] = (status.phase, lifecycle.parse_timestamp(status.retry_after))
+        written = (status.phase, lifecycle.parse_timestamp(status.retry_after))
+        if self._written.get(uid) != written:
+            self._written[uid] = written
+            self._version += 1
 
     def forget(self, uid: str) -> None:
-        self._written.pop(uid, None)
+        if self._written.pop(uid, None) is not None:
+            self._version += 1
 
 
 @dataclass
@@ -166,7 +187,7 @@ async def _try_launch(
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
 
     async with rt.scheduler.lock:
-        plan = queue.plan(rt.scheduler.entries(indexed()), rt.settings.max_running, now)
+        plan = rt.scheduler.plan(indexed, now)
         if test.uid not in plan.startable:
             return lifecycle.queue_position(status, plan.positions.get(test.uid))
         claimed = lifecycle.launched(status, status.backend, "", now)

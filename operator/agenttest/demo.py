@@ -59,9 +59,19 @@ def operator(cluster: devcluster.Cluster) -> Iterator[Path]:
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agenttest.cli", "run", "--enable-local-backend",
-             "--default-backend", "local"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "agenttest.cli",
+                "run",
+                "--enable-local-backend",
+                "--default-backend",
+                "local",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     say(f"operator started (pid {process.pid}, log {log_path})")
     try:
@@ -74,7 +84,9 @@ def operator(cluster: devcluster.Cluster) -> Iterator[Path]:
             process.kill()
 
 
-def watch_until_finished(cluster: devcluster.Cluster, name: str, timeout: float) -> dict[str, object]:
+def watch_until_finished(
+    cluster: devcluster.Cluster, name: str, timeout: float
+) -> dict[str, object]:
     """Show `kubectl get agenttests -w` while polling for the end."""
     kubectl = [str(cluster.binaries.kubectl), f"--kubeconfig={cluster.kubeconfig}"]
     say("kubectl get agenttests -w")
@@ -106,8 +118,11 @@ def main() -> int:
                     manifest["spec"]["model"]["modelId"] = model
                 name = manifest["metadata"]["name"]
                 say(f"kubectl apply -f {SAMPLE.relative_to(ROOT)}")
-                print(cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(manifest))
-                      .stdout.strip())
+                print(
+                    cluster.kubectl(
+                        "apply", "-f", "-", input_text=yaml.safe_dump(manifest)
+                    ).stdout.strip()
+                )
                 test = watch_until_finished(cluster, name, timeout=300)
                 status = test["status"]
                 assert isinstance(status, dict)

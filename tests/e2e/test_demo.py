@@ -9,7 +9,11 @@ import sys
 def test_demo_reaches_succeeded() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agenttest.demo"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "hello-agent: Succeeded - 2/2 cases passed" in result.stdout

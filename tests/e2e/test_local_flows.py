@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from agenttest.modelserver import ScriptedModelServer
+
 from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test, pid_alive
 
 StartOperator = Callable[..., Operator]

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import pid_alive
 
 from agenttest.backends.base import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
 from agenttest.backends.local import LocalExecutor
+
+from support import pid_alive
 
 
 def config(source: str, endpoint: str = "http://127.0.0.1:9") -> dict[str, Any]:
@@ -27,7 +28,10 @@ def config(source: str, endpoint: str = "http://127.0.0.1:9") -> dict[str, Any]:
 def request(source: str, attempt: int = 1) -> LaunchRequest:
     return LaunchRequest(
         key=ExecutionKey("0123456789abcdef-uid-0123456789ab", attempt),
-        namespace="ns", test_name="t", harness_config=config(source), timeout_seconds=60,
+        namespace="ns",
+        test_name="t",
+        harness_config=config(source),
+        timeout_seconds=60,
     )
 
 

@@ -87,7 +87,8 @@ def test_outcomes() -> None:
     passed = lifecycle.HarnessResult(passed=True, summary="2/2 cases passed")
     assert lifecycle.outcome(passed, 0, "") == (Phase.SUCCEEDED, "2/2 cases passed")
     failing = lifecycle.HarnessResult(
-        passed=False, reason="1 of 2 cases failed: b",
+        passed=False,
+        reason="1 of 2 cases failed: b",
         cases=[CaseResult(name="b", passed=False, failures=['contains "x": not found'])],
     )
     phase, message = lifecycle.outcome(failing, 1, "")
@@ -125,13 +126,17 @@ def test_conditions_follow_the_phase_and_keep_transition_times() -> None:
     assert (ready.status, succeeded.status) == ("False", "Unknown")
     later = lifecycle.with_conditions(running, 1, at(30))
     assert later.conditions[0].last_transition_time == "2026-01-01T12:00:00Z"
-    done = lifecycle.with_conditions(lifecycle.finish(later, Phase.SUCCEEDED, "ok", at(40)),
-                                     1, at(40))
+    done = lifecycle.with_conditions(
+        lifecycle.finish(later, Phase.SUCCEEDED, "ok", at(40)), 1, at(40)
+    )
     assert [(c.type, c.status, c.reason) for c in done.conditions] == [
-        ("Ready", "True", "Succeeded"), ("Succeeded", "True", "Succeeded")]
+        ("Ready", "True", "Succeeded"),
+        ("Succeeded", "True", "Succeeded"),
+    ]
     assert done.conditions[0].last_transition_time == "2026-01-01T12:00:40Z"
-    failed = lifecycle.with_conditions(lifecycle.finish(later, Phase.FAILED, "no", at(40)), 1,
-                                       at(40))
+    failed = lifecycle.with_conditions(
+        lifecycle.finish(later, Phase.FAILED, "no", at(40)), 1, at(40)
+    )
     assert [c.status for c in failed.conditions] == ["False", "False"]
     assert failed.conditions[0].last_transition_time == "2026-01-01T12:00:00Z"  # stayed False
 
@@ -140,5 +145,8 @@ def test_merge_patch_sets_changes_and_nulls_removed_keys() -> None:
     old = {"phase": "Queued", "queuePosition": 2, "execution": {"id": "a", "startedAt": "t"}}
     new = {"phase": "Building", "execution": {"id": "a", "startedAt": "t", "backend": "local"}}
     assert merge_patch(old, new) == {
-        "phase": "Building", "queuePosition": None, "execution": {"backend": "local"}}
+        "phase": "Building",
+        "queuePosition": None,
+        "execution": {"backend": "local"},
+    }
     assert merge_patch(new, new) == {}

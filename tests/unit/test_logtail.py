@@ -27,7 +27,9 @@ def test_secrets_are_masked() -> None:
     assert "AKIAABCDEFGHIJKLMNOP" not in cleaned
     assert "abc/def" not in cleaned and "hunter2" not in cleaned
     assert cleaned.endswith(" ok")
-    assert logtail.clean_line("Authorization: Bearer eyJhbGci") == "Authorization: Bearer [REDACTED]"
+    assert (
+        logtail.clean_line("Authorization: Bearer eyJhbGci") == "Authorization: Bearer [REDACTED]"
+    )
 
 
 def test_a_single_huge_line_is_cut_not_dropped() -> None:
@@ -37,15 +39,25 @@ def test_a_single_huge_line_is_cut_not_dropped() -> None:
 
 def test_follow_extracts_phase_and_result_and_hides_machine_lines() -> None:
     progress = logtail.Progress("exec-1")
-    progress = logtail.follow(progress, [
-        '::agenttest:: {"event":"phase","phase":"Running"}',
-        "[agenttest] case a: PASS",
-    ], limit=8192, cursor="10")
+    progress = logtail.follow(
+        progress,
+        [
+            '::agenttest:: {"event":"phase","phase":"Running"}',
+            "[agenttest] case a: PASS",
+        ],
+        limit=8192,
+        cursor="10",
+    )
     assert progress.harness_phase == "Running"
     assert progress.tail == "[agenttest] case a: PASS"
-    progress = logtail.follow(progress, [
-        '::agenttest:: {"event":"result","passed":true,"cases":[]}',
-    ], limit=8192, cursor="20")
+    progress = logtail.follow(
+        progress,
+        [
+            '::agenttest:: {"event":"result","passed":true,"cases":[]}',
+        ],
+        limit=8192,
+        cursor="20",
+    )
     assert progress.result == {"event": "result", "passed": True, "cases": []}
     assert progress.cursor == "20"
     assert progress.last_line == "[agenttest] case a: PASS"

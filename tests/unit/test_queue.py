@@ -8,16 +8,31 @@ from agenttest.queue import QueueEntry, plan
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 
-def entry(name: str, phase: Phase | None = Phase.QUEUED, priority: int = 0, second: int = 0,
-          not_before: datetime.datetime | None = None) -> QueueEntry:
-    return QueueEntry(uid=name, namespace="ns", name=name, priority=priority,
-                      created=f"2026-01-01T00:00:{second:02d}Z", phase=phase,
-                      not_before=not_before)
+def entry(
+    name: str,
+    phase: Phase | None = Phase.QUEUED,
+    priority: int = 0,
+    second: int = 0,
+    not_before: datetime.datetime | None = None,
+) -> QueueEntry:
+    return QueueEntry(
+        uid=name,
+        namespace="ns",
+        name=name,
+        priority=priority,
+        created=f"2026-01-01T00:00:{second:02d}Z",
+        phase=phase,
+        not_before=not_before,
+    )
 
 
 def test_free_slots_go_to_priority_then_age() -> None:
-    entries = [entry("old-low", second=1), entry("new-high", priority=5, second=9),
-               entry("mid-low", second=3), entry("running", Phase.RUNNING)]
+    entries = [
+        entry("old-low", second=1),
+        entry("new-high", priority=5, second=9),
+        entry("mid-low", second=3),
+        entry("running", Phase.RUNNING),
+    ]
     result = plan(entries, limit=3, now=NOW)
     assert result.running == 1
     assert result.startable == {"new-high", "old-low"}

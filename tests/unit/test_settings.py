@@ -14,8 +14,12 @@ def test_defaults_work_without_environment() -> None:
 
 
 def test_environment_then_overrides() -> None:
-    env = {"AGENTTEST_MAX_RUNNING": "3", "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",
-           "AGENTTEST_NAMESPACES": "a, b", "AGENTTEST_DEFAULT_BACKEND": "local"}
+    env = {
+        "AGENTTEST_MAX_RUNNING": "3",
+        "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",
+        "AGENTTEST_NAMESPACES": "a, b",
+        "AGENTTEST_DEFAULT_BACKEND": "local",
+    }
     settings = Settings.from_env(env, poll_interval=0.5)
     assert settings.max_running == 3
     assert settings.enable_local_backend is True
@@ -24,8 +28,10 @@ def test_environment_then_overrides() -> None:
     assert settings.poll_interval == 0.5
 
 
-@pytest.mark.parametrize("name,value", [("MAX_RUNNING", "many"), ("DEFAULT_BACKEND", "lambda"),
-                                        ("ENABLE_LOCAL_BACKEND", "maybe")])
+@pytest.mark.parametrize(
+    "name,value",
+    [("MAX_RUNNING", "many"), ("DEFAULT_BACKEND", "lambda"), ("ENABLE_LOCAL_BACKEND", "maybe")],
+)
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"AGENTTEST_{name}"):
         Settings.from_env({f"AGENTTEST_{name}": value})

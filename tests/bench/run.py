@@ -1,0 +1,273 @@
+"""`make bench`: the operator's latencies, API writes and memory, printed as JSON.
+
+Everything is real and local: the project's control plane, the scripted
+model, the operator as a subprocess with the local backend.
+
+* start latency: create an AgentTest -> its execution record exists (the
+  local backend writes the supervisor's pid at launch), 50 tests, one at a
+  time so capacity is always free;
+* log-tail latency: a harness line (carrying its own timestamp) -> the first
+  watch event whose status.logTail holds it;
+* API writes per test: the watch events (each one a write) of those tests;
+* memory: the operator's peak RSS with 500 AgentTests present, all queued
+  (limit 0), which keeps every per-test timer alive: the worst case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kubernetes import client, config, watch
+
+from agenttest import devcluster
+from agenttest.backends.base import ExecutionKey
+from agenttest.modelserver import ScriptedModelServer
+
+from support import Operator
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "agenttest.dev", "v1alpha1", "agenttests"
+
+QUICK_AGENT = """
+from strands import Agent
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+TICKING_AGENT = """
+import time
+for n in range(20):
+    print(f"tick {n} {time.time():.6f}", flush=True)
+    time.sleep(0.25)
+
+from strands import Agent
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+def manifest(name: str, source: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AgentTest",
+        "metadata": {"name": name},
+        "spec": {
+            "agent": {"source": {"inline": source}},
+            "model": {"provider": "ollama", "modelId": "scripted", "endpoint": endpoint},
+            "cases": [{"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}}],
+            "backend": "local",
+            "timeoutSeconds": 60,
+        },
+    }
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {
+        "p50": pick(0.5),
+        "p95": pick(0.95),
+        "max": round(ordered[-1], 3),
+        "mean": round(statistics.fmean(ordered), 3),
+        "samples": len(ordered),
+    }
+
+
+class Recorder:
+    """A watch on the namespace: every event, with the time it arrived."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.events: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self._stop = watch.Watch()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        api = client.CustomObjectsApi()
+        stream = self._stop.stream(
+            api.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            timeout_seconds=3600,
+        )
+        with contextlib.suppress(Exception):  # the server goes away at the end of the run
+            for event in stream:
+                obj = event["object"]
+                with self.lock:
+                    self.events[obj["metadata"]["name"]].append((time.time(), obj))
+
+    def phase(self, name: str) -> str | None:
+        with self.lock:
+            seen = self.events.get(name)
+            return seen[-1][1].get("status", {}).get("phase") if seen else None
+
+    def wait_phase(self, name: str, phases: set[str], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.phase(name) not in phases:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} stuck in {self.phase(name)}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.stop()
+
+
+def create(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi().create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body
+        )
+    )
+
+
+def measure_start_and_writes(
+    namespace: str, state_dir: Path, endpoint: str, recorder: Recorder, count: int = 50
+) -> dict[str, Any]:
+    latencies, writes = [], []
+    for i in range(count):
+        name = f"start-{i:02d}"
+        created_at = time.time()
+        uid = create(namespace, manifest(name, QUICK_AGENT, endpoint))["metadata"]["uid"]
+        pid_file = state_dir / ExecutionKey(uid, 1).name / "pid"
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} never launched")
+            time.sleep(0.002)
+        latencies.append(pid_file.stat().st_mtime - created_at)
+        recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+    time.sleep(2)  # let any trailing write arrive before counting
+    with recorder.lock:
+        for i in range(count):
+            versions = {
+                obj["metadata"]["resourceVersion"] for _, obj in recorder.events[f"start-{i:02d}"]
+            }
+            writes.append(len(versions))
+    return {
+        "start_latency_seconds": percentiles(latencies),
+        "api_writes_per_test": {
+            "mean": round(statistics.fmean(writes), 2),
+            "max": max(writes),
+            "min": min(writes),
+            "note": "create included",
+        },
+    }
+
+
+def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[str, Any]:
+    delays: list[float] = []
+    for i in range(3):
+        name = f"tail-{i}"
+        create(namespace, manifest(name, TICKING_AGENT, endpoint))
+        recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+        first_seen: dict[str, float] = {}
+        with recorder.lock:
+            for arrived, obj in recorder.events[name]:
+                for line in (obj.get("status", {}).get("logTail") or "").splitlines():
+                    if line.startswith("tick ") and line not in first_seen:
+                        first_seen[line] = arrived
+        for line, arrived in first_seen.items():
+            delays.append(arrived - float(line.split()[2]))
+    return {"log_tail_latency_seconds": percentiles(delays)}
+
+
+def proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def measure_memory(
+    cluster: devcluster.Cluster, work: Path, endpoint: str, count: int = 500
+) -> dict[str, Any]:
+    namespace = "bench-memory"
+    cluster.kubectl("create", "namespace", namespace)
+    operator = Operator(
+        cluster, namespace, work / "runs-memory", work / "operator-memory.log", max_running=0
+    ).start()
+    assert operator.process is not None
+    pid = operator.process.pid
+    try:
+        began = time.monotonic()
+        for i in range(count):
+            create(namespace, manifest(f"m-{i:03d}", QUICK_AGENT, endpoint))
+        api = client.CustomObjectsApi()
+        while True:
+            items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+            if all(item.get("status", {}).get("queuePosition") for item in items):
+                break
+            if time.monotonic() - began > 600:
+                raise RuntimeError("not every test got a queue position")
+            time.sleep(1)
+        queued_after = time.monotonic() - began
+        cpu_before, steady = cpu_seconds(pid), time.monotonic()
+        time.sleep(10)
+        cpu_share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - steady)
+        return {
+            "memory_with_500_tests": {
+                "peak_rss_mb": round(proc_status(pid, "VmHWM") / 1024, 1),
+                "rss_mb": round(proc_status(pid, "VmRSS") / 1024, 1),
+                "all_queued_after_seconds": round(queued_after, 1),
+                "steady_cpu_cores": round(cpu_share, 3),
+            }
+        }
+    finally:
+        operator.stop()
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="agenttest-bench-"))
+    with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
+        cluster.install_crds(ROOT / "crds")
+        config.load_kube_config(str(cluster.kubeconfig))
+        namespace = "bench"
+        cluster.kubectl("create", "namespace", namespace)
+        operator = Operator(
+            cluster, namespace, work / "runs", work / "operator.log", max_running=60
+        ).start()
+        recorder = Recorder(namespace)
+        try:
+            results: dict[str, Any] = {}
+            results.update(measure_start_and_writes(namespace, work / "runs", model.url, recorder))
+            results.update(measure_log_tail(namespace, model.url, recorder))
+        finally:
+            recorder.stop()
+            operator.stop()
+        results.update(measure_memory(cluster, work, model.url))
+        results["targets"] = {
+            "start_p95_seconds": 1.0,
+            "log_tail_p95_seconds": 2.0,
+            "peak_rss_mb": 200,
+        }
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
