@@ -16,6 +16,7 @@ import pytest
 
 from agenttest import devcluster
 from agenttest.modelserver import ScriptedModelServer
+
 from support import CRDS, Kube, Operator
 
 
@@ -46,9 +47,14 @@ def start_operator(
 ) -> Iterator[Callable[..., Operator]]:
     operators: list[Operator] = []
 
-    def start(**settings: Any) -> Operator:
+    def start(kubeconfig: Path | None = None, **settings: Any) -> Operator:
         operator = Operator(
-            cluster, kube.namespace, tmp_path / "runs", tmp_path / "operator.log", **settings
+            cluster,
+            kube.namespace,
+            tmp_path / "runs",
+            tmp_path / "operator.log",
+            kubeconfig=kubeconfig,
+            **settings,
         )
         operators.append(operator.start())
         return operator

@@ -87,11 +87,13 @@ class Operator:
         namespace: str,
         state_dir: Path,
         log_path: Path,
+        kubeconfig: Path | None = None,
         **settings: Any,
     ) -> None:
+        """`kubeconfig` defaults to the cluster admin's; pass another to run as someone else."""
         self.env = {
             **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "AGENTTEST_NAMESPACES": namespace,
             "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",
             "AGENTTEST_DEFAULT_BACKEND": "local",

@@ -1,0 +1,368 @@
+"""The kustomize base in manifests/, on the real API server.
+
+It renders and applies; its Deployment passes the restricted Pod Security
+profile; and its RBAC is enough for the operator — run with nothing but the
+ServiceAccount's token, it drives AgentTests to the end without one refusal —
+and no more than that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agenttest import devcluster
+from agenttest.modelserver import ScriptedModelServer
+
+from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test
+
+StartOperator = Callable[..., Operator]
+
+MANIFESTS = ROOT / "manifests"
+SYSTEM_NAMESPACE = "agenttest-system"
+SERVICE_ACCOUNT = "agenttest-operator"
+AS_OPERATOR = f"--as=system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
+
+
+def render(cluster: devcluster.Cluster) -> list[dict[str, Any]]:
+    text = cluster.kubectl("kustomize", str(MANIFESTS)).stdout
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def find(documents: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in documents if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: devcluster.Cluster) -> list[dict[str, Any]]:
+    """The base applied for real (the test cluster is throwaway); its rendered objects."""
+    cluster.kubectl("apply", "-k", str(MANIFESTS))
+    return render(cluster)
+
+
+# --------------------------------------------------------------------------
+# The base renders and applies
+# --------------------------------------------------------------------------
+
+
+def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Cluster) -> None:
+    documents = render(cluster)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
+        ("ClusterRole", "agenttest-operator"),
+        ("ClusterRoleBinding", "agenttest-operator"),
+        ("Deployment", "agenttest-operator"),
+        ("Namespace", SYSTEM_NAMESPACE),
+        ("NetworkPolicy", "agenttest-runner"),
+        ("Service", "agenttest-operator-metrics"),
+        ("ServiceAccount", SERVICE_ACCOUNT),
+    ]
+    for document in documents:
+        if document["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert document["metadata"]["namespace"] == SYSTEM_NAMESPACE, document["kind"]
+
+    deployment = find(documents, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == SERVICE_ACCOUNT
+    (container,) = pod["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["AGENTTEST_ENABLE_LOCAL_BACKEND"] == "false"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {
+        "metrics": int(env["AGENTTEST_METRICS_PORT"]),
+        "health": int(env["AGENTTEST_HEALTH_PORT"]),
+    }
+    for probe in (container["livenessProbe"], container["readinessProbe"]):
+        assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    service = find(documents, "Service")
+    assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+    binding = find(documents, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}
+    ]
+
+    policy = find(documents, "NetworkPolicy")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"agenttest.dev/role": "runner"}}
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy, "runner pods accept no connections"
+    egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 11434)}
+
+
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def test_cluster_role_has_no_wildcards_secrets_or_escalation(cluster: devcluster.Cluster) -> None:
+    rules = find(render(cluster), "ClusterRole")["rules"]
+    for rule in rules:
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+        assert "secrets" not in rule["resources"], rule
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+        if "update" in rule["verbs"]:
+            assert rule["resources"] == ["agenttests/finalizers"], "patch, never update"
+
+
+def test_base_applies_cleanly_to_the_api_server(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]]
+) -> None:
+    # Server-side dry run of the whole base over what is installed: the API
+    # server validates every field (strict) and admission runs; no warnings
+    # (Pod Security, deprecated APIs, unknown fields) may come back.
+    result = cluster.kubectl("apply", "--dry-run=server", "-k", str(MANIFESTS))
+    assert "Warning" not in result.stderr, result.stderr
+    for document in installed:
+        scope = (
+            ["-n", document["metadata"]["namespace"]] if "namespace" in document["metadata"] else []
+        )
+        cluster.kubectl("get", *scope, document["kind"].lower(), document["metadata"]["name"])
+
+
+def test_operator_pod_is_admitted_under_restricted_pod_security(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]]
+) -> None:
+    template = find(installed, "Deployment")["spec"]["template"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "operator-pod-check", **template["metadata"]},
+        "spec": template["spec"],
+    }
+    # agenttest-system enforces `restricted`: the operator's pod is admitted ...
+    dry_run = ("apply", "--dry-run=server", "-n", SYSTEM_NAMESPACE, "-f", "-")
+    cluster.kubectl(*dry_run, input_text=json.dumps(pod))
+    # ... and the enforcement is real: the same pod without its security
+    # settings is refused.
+    bare = json.loads(json.dumps(pod))
+    bare["spec"].pop("securityContext")
+    bare["spec"]["containers"][0].pop("securityContext")
+    refused = cluster.kubectl(*dry_run, input_text=json.dumps(bare), check=False)
+    assert refused.returncode != 0
+    assert "violates PodSecurity" in refused.stderr, refused.stderr
+
+
+def test_sample_namespace_takes_the_runner_network_policy(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]]
+) -> None:
+    # The way networkpolicy.yaml and samples/namespace.yaml say to use them.
+    cluster.kubectl("apply", "-f", str(MANIFESTS / "samples" / "namespace.yaml"))
+    namespace = json.loads(cluster.kubectl("get", "namespace", "agenttests", "-o", "json").stdout)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    cluster.kubectl("apply", "-n", "agenttests", "-f", str(MANIFESTS / "networkpolicy.yaml"))
+    cluster.kubectl("get", "-n", "agenttests", "networkpolicy", "agenttest-runner")
+
+
+# --------------------------------------------------------------------------
+# The RBAC is enough: the operator runs as its ServiceAccount
+# --------------------------------------------------------------------------
+
+
+def service_account_kubeconfig(cluster: devcluster.Cluster, path: Path, namespace: str) -> Path:
+    """A kubeconfig that authenticates with a fresh token for the operator's ServiceAccount."""
+    token = cluster.kubectl(
+        "create", "token", SERVICE_ACCOUNT, "-n", SYSTEM_NAMESPACE, "--duration=10m"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "agenttest",
+                "cluster": {"server": cluster.url, "certificate-authority-data": ca},
+            }
+        ],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": SERVICE_ACCOUNT,
+                "context": {
+                    "cluster": "agenttest",
+                    "user": SERVICE_ACCOUNT,
+                    "namespace": namespace,
+                },
+            }
+        ],
+        "current-context": SERVICE_ACCOUNT,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def kubectl_with(
+    kubeconfig: Path, cluster: devcluster.Cluster, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """kubectl with another kubeconfig (cluster.kubectl always uses the admin's)."""
+    return subprocess.run(
+        [str(cluster.binaries.kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def event_reasons(kube: Kube, name: str) -> set[str]:
+    events = kube.run(
+        "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    ).stdout
+    return {event["reason"] for event in json.loads(events)["items"]}
+
+
+def test_operator_runs_with_only_its_service_account(
+    cluster: devcluster.Cluster,
+    installed: list[dict[str, Any]],
+    kube: Kube,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    kubeconfig = service_account_kubeconfig(
+        cluster, tmp_path / "operator.kubeconfig", kube.namespace
+    )
+    # The token really is the ServiceAccount's, and it is refused what RBAC withholds.
+    whoami = kubectl_with(kubeconfig, cluster, "auth", "whoami", "-o", "json")
+    username = json.loads(whoami.stdout)["status"]["userInfo"]["username"]
+    assert username == f"system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
+    denied = kubectl_with(kubeconfig, cluster, "get", "secrets", "-n", kube.namespace)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr, denied.stderr
+
+    operator = start_operator(kubeconfig=kubeconfig)
+
+    # An inline agent: watch, finalizer and annotation patches, status
+    # patches and Events, all the way to Succeeded.
+    kube.apply(agent_test("inline", SIMPLE_AGENT, model_server.url))
+    # agent.py from a ConfigMap (get configmaps), deleted as soon as it is
+    # done (ttlSecondsAfterFinished: 0 — delete agenttests, then the
+    # finalizer's removal).
+    kube.run("create", "configmap", "agent-source", f"--from-literal=agent.py={SIMPLE_AGENT}")
+    from_config_map = agent_test(
+        "from-config-map", SIMPLE_AGENT, model_server.url, ttlSecondsAfterFinished=0
+    )
+    from_config_map["spec"]["agent"]["source"] = {"configMapRef": {"name": "agent-source"}}
+    kube.apply(from_config_map)
+
+    test = kube.wait_for_phase("inline", "Succeeded", "Failed", "Error", "TimedOut")
+    assert test["status"]["phase"] == "Succeeded", test["status"].get("message")
+    assert {"Queued", "Succeeded"} <= event_reasons(kube, "inline")
+
+    def deleted() -> bool:
+        result = kube.run("get", "agenttest", "from-config-map", check=False)
+        return result.returncode != 0 and "NotFound" in result.stderr
+
+    kube.wait_for("from-config-map to be deleted after its TTL", deleted, timeout=90)
+    reasons = event_reasons(kube, "from-config-map")
+    assert "Succeeded" in reasons and "Error" not in reasons, reasons
+
+    log = operator.log()
+    assert "forbidden" not in log.lower(), log
+    assert "Not enough permissions" not in log, log
+    assert "Failed to post an event" not in log, log
+
+
+# --------------------------------------------------------------------------
+# ... and no more than enough
+# --------------------------------------------------------------------------
+
+# (verb, resource, subresource), asked in an ordinary namespace.
+ALLOWED = [
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("list", "namespaces", None),
+    ("watch", "namespaces", None),
+    ("list", "agenttests.agenttest.dev", None),
+    ("watch", "agenttests.agenttest.dev", None),
+    ("patch", "agenttests.agenttest.dev", None),
+    ("delete", "agenttests.agenttest.dev", None),
+    ("patch", "agenttests.agenttest.dev", "status"),
+    ("create", "deploymentpackages.agenttest.dev", None),
+    ("patch", "deploymentpackages.agenttest.dev", "status"),
+    ("create", "events", None),
+    ("get", "configmaps", None),
+    ("create", "pods", None),
+    ("delete", "pods", None),
+    ("get", "pods", "log"),
+]
+
+DENIED = [
+    ("get", "secrets", None),
+    ("list", "secrets", None),
+    ("create", "secrets", None),
+    ("get", "namespaces", None),
+    ("create", "namespaces", None),
+    ("delete", "namespaces", None),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", None),
+    ("impersonate", "users", None),
+    ("impersonate", "serviceaccounts", None),
+    ("create", "serviceaccounts", "token"),
+    ("get", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+    ("create", "agenttests.agenttest.dev", None),
+    ("update", "agenttests.agenttest.dev", None),
+    ("delete", "deploymentpackages.agenttest.dev", None),
+    ("deletecollection", "agenttests.agenttest.dev", None),
+    ("patch", "events", None),
+    ("delete", "events", None),
+    ("update", "configmaps", None),
+    ("patch", "pods", None),
+    ("create", "pods", "exec"),
+    ("get", "pods", "exec"),
+    ("create", "pods", "attach"),
+    ("create", "pods", "portforward"),
+    ("create", "deployments.apps", None),
+    ("get", "nodes", None),
+    ("patch", "nodes", None),
+]
+
+
+def can_i(cluster: devcluster.Cluster, verb: str, resource: str, subresource: str | None) -> str:
+    extra = [f"--subresource={subresource}"] if subresource else []
+    result = cluster.kubectl(
+        "auth", "can-i", AS_OPERATOR, "-n", "default", verb, resource, *extra, check=False
+    )
+    return result.stdout.strip()
+
+
+def label(check: tuple[str, str, str | None]) -> str:
+    verb, resource, subresource = check
+    return f"{verb} {resource}{'/' + subresource if subresource else ''}"
+
+
+@pytest.mark.parametrize("check", ALLOWED, ids=label)
+def test_service_account_may(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]], check: tuple[str, str, str | None]
+) -> None:
+    assert can_i(cluster, *check) == "yes"
+
+
+@pytest.mark.parametrize("check", DENIED, ids=label)
+def test_service_account_may_not(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]], check: tuple[str, str, str | None]
+) -> None:
+    assert can_i(cluster, *check) == "no"
