@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, lifecycle, metrics, queue
+from agenttest import controller, kubeapi, lifecycle, metrics, queue
 from agenttest.backends.base import Executor
 from agenttest.models import (
     AGENTTEST_PLURAL,
@@ -97,7 +96,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Only our own Events (phase transitions) and kopf's warnings reach the resource.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.batching.worker_limit = 200
+    # No batching.worker_limit: kopf holds every object's worker until all of
+    # them are indexed, so a limit below the number of AgentTests deadlocks.
     settings.networking.request_timeout = 30
 
     executors: dict[Backend, Executor] = {}
@@ -112,7 +112,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executors=executors,
         scheduler=controller.Scheduler(limit=config.max_running),
     )
-    _load_kubernetes_client()
+    kubeapi.load_config()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     logger.info(
@@ -121,16 +121,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         config.default_backend.value,
         ", ".join(sorted(b.value for b in executors)) or "none",
     )
-
-
-def _load_kubernetes_client() -> None:
-    """The plain client is used for ConfigMaps and deletes; kopf has its own."""
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +159,7 @@ def _interval() -> float:
 
 
 # kopf passes indexes as extra keyword arguments, which its TimerFn protocol does not list.
+# kopf passes indexes as extra keyword arguments, which its TimerFn protocol does not list.
 @kopf.timer(  # type: ignore[arg-type]
     GROUP, VERSION, AGENTTEST_PLURAL, interval=_interval(), when=needs_driving
 )
@@ -176,17 +167,17 @@ async def drive(
     body: kopf.Body,
     meta: kopf.Meta,
     memo: kopf.Memo,
-    patch: kopf.Patch,
     queue_index: kopf.Index[str, queue.QueueEntry],
     **_: Any,
 ) -> None:
     rt: controller.Runtime = memo["runtime"]
     old = _status(body, memo)
+    transitions: list[tuple[Phase, str]]
     try:
         spec = AgentTestSpec.model_validate(dict(body.get("spec") or {}))
     except ValidationError as error:
         new = lifecycle.finish(old, Phase.ERROR, f"invalid spec: {error}", rt.clock())
-        _post_event(body, Phase.ERROR, new.message or "")
+        transitions = [(Phase.ERROR, new.message or "")]
     else:
         test = controller.TestView(
             uid=str(meta.uid),
@@ -198,27 +189,27 @@ async def drive(
             retry=meta.annotations.get(RETRY_ANNOTATION),
         )
         step = await controller.reconcile(rt, test, lambda: _entries(queue_index))
-        new = step.status
-        for phase, message in step.transitions:
-            _post_event(body, phase, message)
-    write_status(memo, patch, old, new)
+        new, transitions = step.status, step.transitions
+    await write_status(meta, memo, old, new)
     rt.scheduler.record(str(meta.uid), new)
+    for phase, message in transitions:
+        failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
+        kopf.event(
+            body, type="Warning" if failed else "Normal", reason=phase.value, message=message
+        )
 
 
-def _post_event(body: kopf.Body, phase: Phase, message: str) -> None:
-    failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
-    kopf.event(body, type="Warning" if failed else "Normal", reason=phase.value, message=message)
-
-
-def write_status(
-    memo: kopf.Memo, patch: kopf.Patch, old: AgentTestStatus, new: AgentTestStatus
+async def write_status(
+    meta: kopf.Meta, memo: kopf.Memo, old: AgentTestStatus, new: AgentTestStatus
 ) -> None:
-    """Patch only what changed."""
+    """Patch only what changed; remember it, since the body lags our own writes."""
     changes = merge_patch(old.wire(), new.wire())
     if not changes:
         return
-    for key, value in changes.items():
-        patch.status[key] = value
+    try:
+        await kubeapi.patch_agenttest_status(str(meta.namespace), str(meta.name), changes)
+    except kubeapi.Gone:
+        return  # deleted meanwhile; the finalizer handler cleans up
     memo["written_status"] = new
     metrics.STATUS_WRITES.inc()
     if new.phase != old.phase:
@@ -266,21 +257,8 @@ async def expire(
     remaining = (finished + datetime.timedelta(seconds=ttl) - rt.clock()).total_seconds()
     if remaining > 0 and await stopped.wait(remaining):
         return
-    await asyncio.to_thread(_delete_agenttest, str(meta.namespace), str(meta.name))
+    await kubeapi.delete_agenttest(str(meta.namespace), str(meta.name))
     logger.info("deleted %s/%s: ttlSecondsAfterFinished %ds passed", meta.namespace, meta.name, ttl)
-
-
-def _delete_agenttest(namespace: str, name: str) -> None:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        client.CustomObjectsApi().delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, AGENTTEST_PLURAL, name
-        )
-    except ApiException as error:
-        if error.status != 404:
-            raise
 
 
 @kopf.on.delete(GROUP, VERSION, AGENTTEST_PLURAL, retries=10, backoff=2)

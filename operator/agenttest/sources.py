@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from agenttest import kubeapi
 from agenttest.models import MAX_INLINE_SOURCE, AgentSource, AgentTestSpec
 
 
@@ -24,20 +25,14 @@ def harness_config(spec: AgentTestSpec, source: str) -> dict[str, Any]:
     }
 
 
-def _read_config_map(namespace: str, name: str, key: str) -> str:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
+async def _read_config_map(namespace: str, name: str, key: str) -> str:
     try:
-        config_map = client.CoreV1Api().read_namespaced_config_map(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            raise SourceUnavailable(f"ConfigMap {namespace}/{name} not found") from error
-        raise
-    data = config_map.data or {}
+        data = await kubeapi.read_config_map(namespace, name)
+    except kubeapi.Gone as error:
+        raise SourceUnavailable(f"ConfigMap {namespace}/{name} not found") from error
     if key not in data:
         raise SourceUnavailable(f"ConfigMap {namespace}/{name} has no key {key!r}")
-    return str(data[key])
+    return data[key]
 
 
 def _read_s3(uri: str) -> str:
@@ -62,7 +57,7 @@ async def fetch_source(source: AgentSource, namespace: str) -> str:
         return source.inline
     if source.config_map_ref is not None:
         ref = source.config_map_ref
-        return await asyncio.to_thread(_read_config_map, namespace, ref.name, ref.key)
+        return await _read_config_map(namespace, ref.name, ref.key)
     if source.s3 is not None:
         return await asyncio.to_thread(_read_s3, source.s3.uri)
     raise SourceUnavailable("spec.agent.source sets none of inline, configMapRef, s3")

@@ -1,0 +1,93 @@
+"""The operator's own Kubernetes API calls, through a small bounded pool.
+
+Status writes go through here rather than kopf's `patch`: kopf's HTTP
+session has no connection limit, so hundreds of tests writing in the same
+second opened hundreds of TLS connections (about a megabyte each, kept by the
+allocator afterwards). A few worker threads bound both the connections and
+the write rate, and the write happens inside the step, so what follows a
+write (cleaning up an execution) can rely on it having landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONCURRENCY = 4
+_pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="kubeapi")
+
+
+class Gone(Exception):
+    """The object no longer exists (404)."""
+
+
+def load_config() -> None:
+    """In a pod, the ServiceAccount; elsewhere, the kubeconfig (KUBECONFIG)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONCURRENCY
+    client.Configuration.set_default(configuration)
+
+
+async def call(function: Callable[..., T], *args: Any) -> T:
+    """Run one blocking client call on the pool; a 404 becomes `Gone`."""
+    from kubernetes.client.exceptions import ApiException
+
+    def invoke() -> T:
+        try:
+            return function(*args)
+        except ApiException as error:
+            if error.status == 404:
+                raise Gone(str(error.reason)) from error
+            raise
+
+    return await asyncio.get_running_loop().run_in_executor(_pool, invoke)
+
+
+def _custom_objects() -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi()
+
+
+async def patch_agenttest_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """A JSON merge patch of .status (None values remove keys)."""
+    api = _custom_objects()
+    await call(
+        api.patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        AGENTTEST_PLURAL,
+        name,
+        {"status": status},
+    )
+
+
+async def delete_agenttest(namespace: str, name: str) -> None:
+    api = _custom_objects()
+    with contextlib.suppress(Gone):  # already gone is what we wanted
+        await call(
+            api.delete_namespaced_custom_object, GROUP, VERSION, namespace, AGENTTEST_PLURAL, name
+        )
+
+
+async def read_config_map(namespace: str, name: str) -> dict[str, str]:
+    from kubernetes import client
+
+    config_map = await call(client.CoreV1Api().read_namespaced_config_map, name, namespace)
+    return dict(config_map.data or {})
