@@ -68,6 +68,10 @@ run: $(STAMP) ## Run the operator against the current KUBECONFIG with the local 
 bench: tools ## Benchmark: start latency, log-tail latency, API writes, memory (prints JSON)
 	$(BIN)/python tests/bench/run.py
 
+.PHONY: infra-synth
+infra-synth: $(STAMP) ## Synthesize the AWS CDK app in infrastructure/ into cdk.out (no AWS account needed)
+	cd infrastructure && ../$(BIN)/python app.py
+
 .PHONY: clean
 clean: ## Remove the virtualenv and caches (not the cached Kubernetes binaries)
 	rm -rf $(VENV) .agenttest .mypy_cache .ruff_cache .pytest_cache

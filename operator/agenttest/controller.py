@@ -24,6 +24,7 @@ from agenttest.backends.base import (
     LaunchRequest,
 )
 from agenttest.models import AgentTestSpec, AgentTestStatus, Backend, Phase
+from agenttest.runner.protocol import PHASE_RUNNING
 from agenttest.settings import Settings
 from agenttest.sources import SourceUnavailable, fetch_source, harness_config
 
@@ -116,6 +117,11 @@ class Runtime:
             raise BackendUnavailable(
                 "the local backend is disabled: it runs untrusted code on the operator's host; "
                 "start the operator with --enable-local-backend for development"
+            )
+        if backend == Backend.FARGATE:
+            raise BackendUnavailable(
+                "the fargate backend is not configured: set AGENTTEST_FARGATE_SUBNETS (and the "
+                "other AGENTTEST_FARGATE_* settings from the infrastructure/ outputs)"
             )
         raise BackendUnavailable(f"the {backend.value} backend is not available in this operator")
 
@@ -225,9 +231,9 @@ async def _read_all(rt: Runtime, executor: Executor, execution_id: str) -> logta
     progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
     for _ in range(MAX_LOG_READS_PER_STEP):
         chunk = await executor.read_logs(execution_id, progress.cursor)
-        if not chunk.lines and chunk.cursor == progress.cursor:
-            break
         progress = logtail.follow(progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor)
+        if not chunk.more:
+            break
     rt.progress[execution_id] = progress
     return progress
 
@@ -243,6 +249,8 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
     now = rt.clock()
 
     if observation.state == ExecutionState.EXITED:
+        if progress.result is None and _in_log_grace(rt, executor, progress, now):
+            return status  # the last lines may still be on their way
         rt.progress.pop(execution_id, None)
         result = lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
         phase, message = lifecycle.outcome(result, observation.exit_code, progress.last_line)
@@ -263,42 +271,56 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
             rt, status, Phase.TIMED_OUT, f"timed out after {spec.timeout_seconds}s"
         )
     status = lifecycle.progressed(
-        status, Phase.RUNNING if progress.harness_phase == "Running" else None
+        status, Phase.RUNNING if progress.harness_phase == PHASE_RUNNING else None
     )
     if observation.state == ExecutionState.STARTING and observation.reason:
         status = status.model_copy(update={"message": observation.reason})
     return status
 
 
-async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
+def _execution(rt: Runtime, status: AgentTestStatus) -> tuple[Executor, str] | None:
+    """The executor and id of the test's execution, if it has one we can reach."""
     if status.execution is None or status.backend is None or not status.execution.id:
-        return
+        return None
     try:
-        executor = rt.executor(status.backend)
+        return rt.executor(status.backend), status.execution.id
     except BackendUnavailable:
-        return
-    await executor.stop(status.execution.id, reason)
+        return None
+
+
+def _in_log_grace(
+    rt: Runtime, executor: Executor, progress: logtail.Progress, now: datetime.datetime
+) -> bool:
+    if progress.exited_at is None:
+        rt.progress[progress.execution_id] = replace(progress, exited_at=now)
+        return executor.log_grace_seconds > 0
+    return (now - progress.exited_at).total_seconds() < executor.log_grace_seconds
+
+
+async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
+    found = _execution(rt, status)
+    if found is not None:
+        await found[0].stop(found[1], reason)
 
 
 async def _stop_and_finish(
     rt: Runtime, status: AgentTestStatus, phase: Phase, message: str
 ) -> AgentTestStatus:
     """Stop the execution if there is one, keep its last output, end in `phase`."""
-    if status.execution is not None and status.backend is not None and status.execution.id:
-        await _stop(rt, status, message)
-        progress = await _read_all(rt, rt.executor(status.backend), status.execution.id)
-        rt.progress.pop(status.execution.id, None)
+    found = _execution(rt, status)
+    if found is not None:
+        executor, execution_id = found
+        await executor.stop(execution_id, message)
+        progress = await _read_all(rt, executor, execution_id)
+        rt.progress.pop(execution_id, None)
         status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
     return lifecycle.finish(status, phase, message, rt.clock())
 
 
 async def delete(rt: Runtime, status: AgentTestStatus) -> None:
     """The test is being deleted: stop its execution and remove what it left."""
-    if status.execution is None or status.backend is None or not status.execution.id:
-        return
-    try:
-        executor = rt.executor(status.backend)
-    except BackendUnavailable:
-        return
-    await executor.cleanup(status.execution.id)
-    rt.progress.pop(status.execution.id, None)
+    found = _execution(rt, status)
+    if found is not None:
+        executor, execution_id = found
+        await executor.cleanup(execution_id)
+        rt.progress.pop(execution_id, None)

@@ -107,6 +107,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executors[Backend.LOCAL] = LocalExecutor(
             config.local_state_dir, config.local_pass_env, config.stop_grace_seconds
         )
+    if config.fargate_subnets:
+        from agenttest.backends.fargate import FargateConfig, FargateExecutor
+
+        executors[Backend.FARGATE] = FargateExecutor(
+            FargateConfig(
+                cluster=config.fargate_cluster,
+                task_definition=config.fargate_task_definition,
+                container=config.fargate_container,
+                subnets=config.fargate_subnets,
+                security_groups=config.fargate_security_groups,
+                assign_public_ip=config.fargate_assign_public_ip,
+                use_spot=config.fargate_use_spot,
+                log_group=config.fargate_log_group,
+                log_stream_prefix=config.fargate_log_stream_prefix,
+                config_bucket=config.fargate_config_bucket,
+                stop_timeout=config.fargate_stop_timeout,
+            ),
+            min_log_interval=config.poll_interval,
+        )
     memo["runtime"] = controller.Runtime(
         settings=config,
         executors=executors,

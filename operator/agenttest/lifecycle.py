@@ -24,6 +24,7 @@ from agenttest.models import (
     Execution,
     Phase,
 )
+from agenttest.runner.protocol import EXIT_TIMED_OUT
 
 # Fields of the spec that define what a run does; changing any of them starts
 # a new attempt. priority, cancel and ttlSecondsAfterFinished do not.
@@ -171,15 +172,11 @@ class HarnessResult:
         )
 
 
-# The harness exits with this code when its own clock runs out.
-HARNESS_TIMEOUT_EXIT = 124
-
-
 def outcome(
     result: HarnessResult | None, exit_code: int | None, last_line: str
 ) -> tuple[Phase, str]:
     """Decide the final phase from the harness result and the exit code."""
-    if exit_code == HARNESS_TIMEOUT_EXIT:
+    if exit_code == EXIT_TIMED_OUT:
         return Phase.TIMED_OUT, (result.reason if result else "") or "the harness timed out"
     if result is not None:
         if result.passed:

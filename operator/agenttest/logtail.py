@@ -7,12 +7,13 @@ lines, and with anything that looks like a credential masked.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-MACHINE_PREFIX = "::agenttest:: "
+from agenttest.runner.protocol import MACHINE_PREFIX
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -80,6 +81,7 @@ class Progress:
     harness_phase: str | None = None  # "Building" / "Running" from the harness
     result: dict[str, Any] | None = None  # the harness's final result event
     last_line: str = ""
+    exited_at: datetime.datetime | None = None  # first seen exited without a result
 
 
 def follow(progress: Progress, lines: list[str], limit: int, cursor: str | None) -> Progress:

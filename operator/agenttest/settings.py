@@ -48,6 +48,24 @@ class Settings:
     # Environment variables the local backend passes to the harness (the rest
     # of the operator's environment, credentials included, is withheld).
     local_pass_env: tuple[str, ...] = ()
+    # Fargate backend: where tasks run. It is offered once subnets are set
+    # (the CDK app in infrastructure/ prints all of these as outputs).
+    fargate_cluster: str = "agenttest"
+    fargate_task_definition: str = "agenttest-runner"
+    fargate_container: str = "runner"
+    fargate_subnets: tuple[str, ...] = ()
+    fargate_security_groups: tuple[str, ...] = ()
+    # Tasks get no public IP unless asked: egress goes through NAT or endpoints.
+    fargate_assign_public_ip: bool = False
+    # Try FARGATE_SPOT first and fall back to FARGATE when Spot has no capacity.
+    fargate_use_spot: bool = False
+    fargate_log_group: str = "/agenttest/runner"
+    fargate_log_stream_prefix: str = "agenttest"
+    # Harness configurations over 7 KiB (large inline agent.py) travel through
+    # this bucket, since ECS container overrides hold 8 KiB at most.
+    fargate_config_bucket: str = ""
+    # Seconds to wait for a stopped task to reach STOPPED.
+    fargate_stop_timeout: float = 120.0
     # Prometheus metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.

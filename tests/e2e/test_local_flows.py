@@ -49,6 +49,13 @@ def agent(model):
 """
 
 
+def start_sleeper(kube: Kube, name: str, endpoint: str, directory: Path, **spec: Any) -> int:
+    """Apply a test whose agent sleeps; return the harness's pid once it runs."""
+    kube.apply(agent_test(name, recording_agent(directory, sleep=300), endpoint, **spec))
+    pid_file = kube.wait_for("the agent to start", lambda: next(directory.glob("*.pid"), None))
+    return int(pid_file.read_text())
+
+
 def test_sample_reaches_succeeded_with_log_tail_and_cases(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
 ) -> None:
@@ -144,11 +151,7 @@ def test_timeout_ends_timed_out_and_kills_the_process(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     start_operator()
-    kube.apply(
-        agent_test("slow", recording_agent(tmp_path, sleep=300), model_server.url, timeoutSeconds=3)
-    )
-    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
-    pid = int(pid_file.read_text())
+    pid = start_sleeper(kube, "slow", model_server.url, tmp_path, timeoutSeconds=3)
     status = kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded", "Error")["status"]
     assert status["phase"] == "TimedOut"
     assert "timed out after 3s" in status["message"]
@@ -159,9 +162,7 @@ def test_cancel_mid_run_ends_cancelled_and_kills_the_process(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     start_operator()
-    kube.apply(agent_test("cancel-me", recording_agent(tmp_path, sleep=300), model_server.url))
-    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
-    pid = int(pid_file.read_text())
+    pid = start_sleeper(kube, "cancel-me", model_server.url, tmp_path)
     kube.patch("cancel-me", {"spec": {"cancel": True}})
     status = kube.wait_for_phase("cancel-me", "Cancelled", "Failed", "Succeeded")["status"]
     assert status["phase"] == "Cancelled"
@@ -172,9 +173,7 @@ def test_deleting_a_running_test_stops_its_process(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     start_operator()
-    kube.apply(agent_test("delete-me", recording_agent(tmp_path, sleep=300), model_server.url))
-    pid_file = kube.wait_for("the agent to start", lambda: next(tmp_path.glob("*.pid"), None))
-    pid = int(pid_file.read_text())
+    pid = start_sleeper(kube, "delete-me", model_server.url, tmp_path)
     kube.run("delete", "agenttest", "delete-me", "--timeout=60s")
     assert not pid_alive(pid)
     assert not kube.get_all()

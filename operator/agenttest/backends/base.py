@@ -59,6 +59,7 @@ class Observation:
 class LogChunk:
     lines: list[str] = field(default_factory=list)
     cursor: str | None = None  # pass back to continue after these lines
+    more: bool = False  # more is ready to read right away
 
 
 class BackendUnavailable(RuntimeError):
@@ -71,6 +72,9 @@ class LaunchRefused(RuntimeError):
 
 class Executor(Protocol):
     kind: Backend
+    # How long to keep reading logs after the execution ended without a result
+    # line, for backends whose logs arrive after the process is gone.
+    log_grace_seconds: float
 
     async def launch(self, request: LaunchRequest) -> str:
         """Start the execution (or find the one already started); return its id."""

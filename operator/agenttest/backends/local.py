@@ -69,6 +69,7 @@ def _group_alive(pgid: int) -> bool:
 
 class LocalExecutor:
     kind = Backend.LOCAL
+    log_grace_seconds = 0.0  # the output file is complete when the exit code is
 
     def __init__(
         self, state_dir: str | Path, pass_env: tuple[str, ...] = (), stop_grace: float = 5.0
@@ -174,7 +175,7 @@ class LocalExecutor:
         finished = (path.parent / "exit_code").exists() and len(data) < READ_CHUNK
         end = len(data) if finished else data.rfind(b"\n") + 1
         text = data[:end].decode(errors="replace")
-        return LogChunk(text.splitlines(), str(offset + end))
+        return LogChunk(text.splitlines(), str(offset + end), more=len(data) == READ_CHUNK)
 
     async def stop(self, execution_id: str, reason: str) -> None:
         record = self._record(execution_id)

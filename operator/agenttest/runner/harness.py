@@ -27,6 +27,9 @@ from agenttest.runner.agentloader import (
 from agenttest.runner.config import Case, ConfigError, ModelConfig, RunConfig, parse_config_text
 from agenttest.runner.expectations import check_answer
 from agenttest.runner.protocol import (
+    CONFIG_ENV,
+    CONFIG_S3_ENV,
+    EXIT_TIMED_OUT,
     LOG_ANSWER_LIMIT,
     PHASE_BUILDING,
     PHASE_RUNNING,
@@ -39,11 +42,9 @@ from agenttest.runner.protocol import (
     truncate,
 )
 
-CONFIG_ENV = "AGENTTEST_CONFIG"
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
-EXIT_TIMED_OUT = 124  # the code `timeout(1)` uses, so it reads as "killed by a timer"
 
 # Exception types, by name, that mean "could not reach the model" in the clients strands
 # uses (httpx for Ollama, botocore for Bedrock); matched by name to avoid importing them.
@@ -289,9 +290,23 @@ def load_config(config_path: str | None, environ: Mapping[str, str]) -> RunConfi
             raise ConfigError(f"cannot read config {config_path}: {error.strerror}") from None
         return parse_config_text(text, f"config {config_path}")
     env_text = environ.get(CONFIG_ENV)
+    if not env_text and environ.get(CONFIG_S3_ENV):
+        return parse_config_text(read_s3_text(environ[CONFIG_S3_ENV]), environ[CONFIG_S3_ENV])
     if not env_text:
         raise ConfigError(f"no config: pass --config PATH or set {CONFIG_ENV}")
     return parse_config_text(env_text, f"${CONFIG_ENV}")
+
+
+def read_s3_text(uri: str) -> str:
+    """A config too large for the task's environment, put in S3 by the operator."""
+    import boto3  # strands-agents depends on boto3 (Bedrock), so it is always there
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as error:
+        raise ConfigError(f"cannot read config {uri}: {error}") from None
+    return bytes(body).decode("utf-8")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -19,7 +19,15 @@ LOG_PREFIX = "[agenttest] "
 OUTPUT_LIMIT = 2000  # characters of an answer kept in the result
 LOG_ANSWER_LIMIT = 500  # characters of an answer shown in the log
 
+# Where the harness finds its configuration when not given --config: the JSON
+# itself, or (when too large for a task's environment) an S3 URI holding it.
+CONFIG_ENV = "AGENTTEST_CONFIG"
+CONFIG_S3_ENV = "AGENTTEST_CONFIG_S3"
+
 PHASE_BUILDING = "Building"
+# The exit code when the harness's own clock ended a step: the code `timeout(1)`
+# uses, so it reads as "killed by a timer".
+EXIT_TIMED_OUT = 124
 PHASE_RUNNING = "Running"
 
 

@@ -1,0 +1,89 @@
+"""Pure parts of the Fargate backend: sizes and what a stopped task means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agenttest.backends.base import ExecutionState, LaunchRefused
+from agenttest.backends.fargate import fargate_size, task_observation
+
+
+@pytest.mark.parametrize(
+    "cpu,memory,expected",
+    [
+        ("250m", "512Mi", (256, 512)),
+        ("0.5", "1Gi", (512, 1024)),
+        ("1", "2Gi", (1024, 2048)),
+        ("2", "16Gi", (2048, 16384)),
+        ("4", "30Gi", (4096, 30720)),
+    ],
+)
+def test_offered_sizes_map_to_cpu_units_and_mib(
+    cpu: str, memory: str, expected: tuple[int, int]
+) -> None:
+    assert fargate_size(cpu, memory) == expected
+
+
+def test_unknown_cpu_lists_the_valid_vcpus() -> None:
+    with pytest.raises(LaunchRefused, match=r"spec.resources.cpu 3 .* 0.25, 0.5, 1, 2, 4, 8, 16"):
+        fargate_size("3", "8Gi")
+
+
+def test_memory_not_offered_with_that_cpu_lists_the_valid_range() -> None:
+    with pytest.raises(LaunchRefused, match=r"memory 16Gi .* 1 vCPU; valid: 2Gi to 8Gi in steps"):
+        fargate_size("1", "16Gi")
+    with pytest.raises(LaunchRefused, match=r"valid: 512Mi, 1Gi, 2Gi"):
+        fargate_size("250m", "4Gi")
+
+
+def task(last: str, **fields: Any) -> dict[str, Any]:
+    return {"lastStatus": last, **fields}
+
+
+def test_provisioning_is_starting_and_running_is_running() -> None:
+    assert task_observation(task("PROVISIONING"), "runner").state == ExecutionState.STARTING
+    assert task_observation(task("PENDING"), "runner").reason == "ECS task PENDING"
+    assert task_observation(task("RUNNING"), "runner").state == ExecutionState.RUNNING
+    assert task_observation(task("DEPROVISIONING"), "runner").state == ExecutionState.RUNNING
+
+
+def test_stopped_container_exit_code_is_the_outcome() -> None:
+    stopped = task(
+        "STOPPED",
+        stopCode="EssentialContainerExited",
+        containers=[{"name": "sidecar", "exitCode": 0}, {"name": "runner", "exitCode": 1}],
+    )
+    observation = task_observation(stopped, "runner")
+    assert (observation.state, observation.exit_code) == (ExecutionState.EXITED, 1)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "ResourceInitializationError: failed to pull secrets",
+        "CannotPullContainerError: pull access denied",
+        "Capacity is unavailable at this time",
+    ],
+)
+def test_infrastructure_stops_are_infra_failures(reason: str) -> None:
+    stopped = task(
+        "STOPPED",
+        stopCode="TaskFailedToStart",
+        stoppedReason=reason,
+        containers=[{"name": "runner"}],
+    )
+    observation = task_observation(stopped, "runner")
+    assert observation.state == ExecutionState.MISSING
+    assert observation.infra_failure and reason in observation.reason
+
+
+def test_a_stop_we_asked_for_is_an_exit_not_an_infra_failure() -> None:
+    stopped = task(
+        "STOPPED",
+        stopCode="UserInitiated",
+        stoppedReason="timed out after 3s",
+        containers=[{"name": "runner", "exitCode": 137}],
+    )
+    assert task_observation(stopped, "runner").state == ExecutionState.EXITED
