@@ -47,13 +47,16 @@ def start_operator(
 ) -> Iterator[Callable[..., Operator]]:
     operators: list[Operator] = []
 
-    def start(kubeconfig: Path | None = None, **settings: Any) -> Operator:
+    def start(
+        kubeconfig: Path | None = None, extra_env: dict[str, str] | None = None, **settings: Any
+    ) -> Operator:
         operator = Operator(
             cluster,
             kube.namespace,
             tmp_path / "runs",
             tmp_path / "operator.log",
             kubeconfig=kubeconfig,
+            extra_env=extra_env,
             **settings,
         )
         operators.append(operator.start())

@@ -88,11 +88,13 @@ class Operator:
         state_dir: Path,
         log_path: Path,
         kubeconfig: Path | None = None,
+        extra_env: dict[str, str] | None = None,
         **settings: Any,
     ) -> None:
         """`kubeconfig` defaults to the cluster admin's; pass another to run as someone else."""
         self.env = {
             **os.environ,
+            **(extra_env or {}),
             "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "AGENTTEST_NAMESPACES": namespace,
             "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",

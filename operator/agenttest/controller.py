@@ -232,6 +232,7 @@ async def _read_all(rt: Runtime, executor: Executor, execution_id: str) -> logta
     for _ in range(MAX_LOG_READS_PER_STEP):
         chunk = await executor.read_logs(execution_id, progress.cursor)
         progress = logtail.follow(progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor)
+        progress = replace(progress, throttled=chunk.throttled)
         if not chunk.more:
             break
     rt.progress[execution_id] = progress
@@ -249,7 +250,12 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
     now = rt.clock()
 
     if observation.state == ExecutionState.EXITED:
-        if progress.result is None and _in_log_grace(rt, executor, progress, now):
+        waiting = progress.throttled or _in_log_grace(rt, executor, progress, now)
+        if (
+            progress.result is None
+            and waiting
+            and not lifecycle.timed_out(status, spec.timeout_seconds, now)
+        ):
             return status  # the last lines may still be on their way
         rt.progress.pop(execution_id, None)
         result = lifecycle.HarnessResult.from_event(progress.result) if progress.result else None

@@ -82,6 +82,7 @@ class Progress:
     result: dict[str, Any] | None = None  # the harness's final result event
     last_line: str = ""
     exited_at: datetime.datetime | None = None  # first seen exited without a result
+    throttled: bool = False  # the last read was refused; the end is not known yet
 
 
 def follow(progress: Progress, lines: list[str], limit: int, cursor: str | None) -> Progress:

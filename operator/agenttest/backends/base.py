@@ -60,6 +60,7 @@ class LogChunk:
     lines: list[str] = field(default_factory=list)
     cursor: str | None = None  # pass back to continue after these lines
     more: bool = False  # more is ready to read right away
+    throttled: bool = False  # the read was refused for now; the cursor did not move
 
 
 class BackendUnavailable(RuntimeError):

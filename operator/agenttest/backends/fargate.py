@@ -54,6 +54,7 @@ INFRA_REASONS = re.compile(
     r"Host EC2|ServiceUnavailable|InternalError",
     re.IGNORECASE,
 )
+MAX_LOG_BACKOFF = 5.0
 THROTTLED = {
     "ThrottlingException",
     "Throttling",
@@ -263,7 +264,7 @@ class FargateExecutor:
     async def read_logs(self, execution_id: str, cursor: str | None) -> LogChunk:
         now = time.monotonic()
         if now < self._log_not_before.get(execution_id, 0.0):
-            return LogChunk([], cursor)
+            return LogChunk([], cursor, throttled=execution_id in self._log_backoff)
         self._log_not_before[execution_id] = now + self.min_log_interval
         arguments: dict[str, Any] = {
             "logGroupName": self.config.log_group,
@@ -281,11 +282,11 @@ class FargateExecutor:
                 if code == "ResourceNotFoundException":
                     return LogChunk([], cursor)  # the stream appears with the first line
                 if code in THROTTLED:
-                    backoff = min(30.0, self._log_backoff.get(execution_id, 1.0) * 2)
+                    backoff = min(MAX_LOG_BACKOFF, self._log_backoff.get(execution_id, 0.5) * 2)
                     self._log_backoff[execution_id] = backoff
                     self._log_not_before[execution_id] = time.monotonic() + backoff
                     logger.info("CloudWatch Logs throttled; next read in %.0fs", backoff)
-                    return LogChunk([], cursor)
+                    return LogChunk([], cursor, throttled=True)
                 raise
             self._log_backoff.pop(execution_id, None)
             lines = [e["message"].rstrip("\n") for e in page.get("events", [])]
@@ -363,5 +364,9 @@ def _default_client(service: str) -> Any:
     import boto3
     from botocore.config import Config
 
+    if service == "logs":
+        # Log reads back off in read_logs, between steps, instead of sleeping
+        # inside boto3 and holding up the step.
+        return boto3.client(service, config=Config(retries={"total_max_attempts": 1}))
     # Standard retry mode backs off on throttling and 5xx by itself.
     return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": 5}))
