@@ -11,11 +11,19 @@ model, the operator as a subprocess with the local backend.
 * API writes per test: the watch events (each one a write) of those tests;
 * memory: the operator's peak RSS with 500 AgentTests present, all queued
   (limit 0), which keeps every per-test timer alive: the worst case.
+
+Fargate (moto over HTTP, the FargatePlayer in tests/fargate.py as Fargate):
+
+* launch overhead: create an AgentTest -> the task's createdAt (run_task), 50 tests;
+* log latency: a harness line (with its own timestamp; the player ships it to
+  CloudWatch Logs within ~70 ms) -> the first watch event showing it in logTail;
+* GetLogEvents calls per running test-minute, over three 20-second tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import statistics
 import sys
@@ -34,6 +42,7 @@ from agenttest import devcluster
 from agenttest.backends.base import ExecutionKey
 from agenttest.modelserver import ScriptedModelServer
 
+from fargate import AwsEnvironment, FargatePlayer
 from support import Operator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +68,20 @@ def agent(model):
 """
 
 
-def manifest(name: str, source: str, endpoint: str) -> dict[str, Any]:
+SLOW_TICKING_AGENT = """
+import time
+for n in range(40):
+    print(f"tick {n} {time.time():.6f}", flush=True)
+    time.sleep(0.5)
+
+from strands import Agent
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+def manifest(name: str, source: str, endpoint: str, backend: str = "local") -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentTest",
@@ -68,7 +90,7 @@ def manifest(name: str, source: str, endpoint: str) -> dict[str, Any]:
             "agent": {"source": {"inline": source}},
             "model": {"provider": "ollama", "modelId": "scripted", "endpoint": endpoint},
             "cases": [{"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}}],
-            "backend": "local",
+            "backend": backend,
             "timeoutSeconds": 60,
         },
     }
@@ -174,12 +196,10 @@ def measure_start_and_writes(
     }
 
 
-def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[str, Any]:
+def tick_delays(names: list[str], recorder: Recorder) -> list[float]:
+    """For every `tick N <time>` line: first seen in a logTail minus its own time."""
     delays: list[float] = []
-    for i in range(3):
-        name = f"tail-{i}"
-        create(namespace, manifest(name, TICKING_AGENT, endpoint))
-        recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+    for name in names:
         first_seen: dict[str, float] = {}
         with recorder.lock:
             for arrived, obj in recorder.events[name]:
@@ -188,7 +208,73 @@ def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[
                         first_seen[line] = arrived
         for line, arrived in first_seen.items():
             delays.append(arrived - float(line.split()[2]))
-    return {"log_tail_latency_seconds": percentiles(delays)}
+    return delays
+
+
+def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[str, Any]:
+    names = [f"tail-{i}" for i in range(3)]
+    for name in names:
+        create(namespace, manifest(name, TICKING_AGENT, endpoint))
+        recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+    return {"log_tail_latency_seconds": percentiles(tick_delays(names, recorder))}
+
+
+def measure_fargate(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict[str, Any]:
+    namespace = "bench-fargate"
+    cluster.kubectl("create", "namespace", namespace)
+    with AwsEnvironment() as aws, FargatePlayer(aws) as player:
+        operator = Operator(
+            cluster,
+            namespace,
+            work / "runs-fargate",
+            work / "operator-fargate.log",
+            extra_env=aws.env(),
+            fargate_subnets=",".join(aws.subnets),
+            fargate_security_groups=aws.security_group,
+            max_running=60,
+        ).start()
+        recorder = Recorder(namespace)
+        ecs = aws.client("ecs")
+        try:
+            overheads = []
+            for i in range(50):
+                name = f"launch-{i:02d}"
+                created_at = time.time()
+                create(namespace, manifest(name, QUICK_AGENT, endpoint, backend="fargate"))
+                [arn] = player.wait_for_tasks(i + 1, timeout=30)[i:]
+                task = ecs.describe_tasks(cluster=aws.cluster, tasks=[arn])["tasks"][0]
+                overheads.append(task["createdAt"].timestamp() - created_at)
+                recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+
+            calls_before = player.count_calls("logs", "GetLogEvents")
+            names = [f"logs-{i}" for i in range(3)]
+            for name in names:
+                create(namespace, manifest(name, SLOW_TICKING_AGENT, endpoint, "fargate"))
+            for name in names:
+                recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+            calls = player.count_calls("logs", "GetLogEvents") - calls_before
+            running_minutes = 0.0
+            for name in names:
+                with recorder.lock:
+                    execution = recorder.events[name][-1][1]["status"]["execution"]
+                started = datetime.datetime.fromisoformat(execution["startedAt"])
+                completed = datetime.datetime.fromisoformat(execution["completedAt"])
+                running_minutes += (completed - started).total_seconds() / 60
+            return {
+                "fargate": {
+                    "launch_overhead_seconds": percentiles(overheads),
+                    "log_latency_seconds": percentiles(tick_delays(names, recorder)),
+                    "get_log_events_per_running_test_minute": round(calls / running_minutes, 1),
+                    "targets": {
+                        "launch_p95_seconds": 1.0,
+                        "log_p95_seconds": 2.0,
+                        "log_calls_per_test_minute": 60,
+                    },
+                }
+            }
+        finally:
+            recorder.stop()
+            operator.stop()
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -260,6 +346,7 @@ def main() -> int:
             recorder.stop()
             operator.stop()
         results.update(measure_memory(cluster, work, model.url))
+        results.update(measure_fargate(cluster, work, model.url))
         results["targets"] = {
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,
