@@ -32,12 +32,16 @@ RUN groupadd --system --gid 10001 agenttest \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /tmp --shell /usr/sbin/nologin agenttest
 COPY --from=build /opt/agenttest /opt/agenttest
+# The deployment package templates are data, not part of the installed wheel:
+# packaging.py finds them through AGENTTEST_TEMPLATES_DIR.
+COPY templates/package/ /opt/agenttest/templates/package/
 # The root filesystem is mounted read-only in the cluster: no .pyc writes,
 # HOME and temporary files in /tmp (an emptyDir there).
 ENV PATH=/opt/agenttest/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    AGENTTEST_TEMPLATES_DIR=/opt/agenttest/templates/package
 WORKDIR /tmp
 USER 10001:10001
 # 8080: Prometheus metrics (AGENTTEST_METRICS_PORT);

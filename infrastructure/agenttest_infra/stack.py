@@ -1,16 +1,18 @@
-"""The operator's own AWS side: where runner tasks run, log, and where packages go.
+"""The operator's own AWS side: where runner tasks run and log, and where packages go.
 
 One stack, environment-agnostic (no account or region is needed to synthesize):
 
 * an ECS cluster ``agenttest`` and the Fargate task definition ``agenttest-runner``
   whose one container, ``runner``, is the harness image (``python -m
-  agenttest.runner``); the operator overrides command, environment, CPU and
-  memory per task in ``RunTask``;
+  agenttest.runner``); the operator overrides environment, CPU and memory per
+  task in ``RunTask``;
 * the log group ``/agenttest/runner`` the runner writes to through the awslogs
   driver (streams ``agenttest/runner/<task-id>``), which the operator reads;
 * the execution role (pull the image, write the logs) and the task role (what
-  the agent under test may do: invoke the configured Bedrock models, or nothing);
-* the S3 bucket for deployment packages;
+  the agent under test may do: read its own large harness configuration from
+  the bucket, and invoke the configured Bedrock models when that is the provider);
+* the S3 bucket for deployment packages and for harness configurations too
+  large for a RunTask override (``test-artifacts/configs/``, expiring in 7 days);
 * a VPC for the tasks, with either interface endpoints (no internet path at all)
   or a NAT gateway, and the runner security group;
 * the operator's IAM role for IRSA, limited to exactly what the fargate backend
@@ -52,6 +54,10 @@ LOG_STREAM_PREFIX = "agenttest"
 SCRATCH_PATH = "/tmp"
 RUNNER_UID = "10001"
 TEST_ARTIFACTS_PREFIX = "test-artifacts/"
+# Harness configurations over 7 KiB: the operator puts them at
+# <bucket>/test-artifacts/configs/<namespace>/<name>/<execution>.json
+# (AGENTTEST_FARGATE_CONFIG_BUCKET) and the runner task gets them back from S3.
+CONFIGS_PREFIX = f"{TEST_ARTIFACTS_PREFIX}configs/"
 OLLAMA_PORT = 11434
 
 PROVIDERS = ("ollama", "bedrock")
@@ -342,10 +348,11 @@ class AgentTestInfraStack(cdk.Stack):
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
 
+        # The bucket first: the S3 gateway endpoint and the roles refer to it.
+        self._bucket()
         self._network(cfg)
         self._roles(cfg)
         self._task_definition(cfg)
-        self._bucket()
         self._operator_role(cfg)
         self._outputs(cfg)
 
@@ -454,9 +461,10 @@ class AgentTestInfraStack(cdk.Stack):
             service=ec2.GatewayVpcEndpointAwsService.S3,
             subnets=[self.task_subnets],
         )
-        # Image layers are the only S3 objects a runner task needs (ECR serves
-        # them from its regional layer bucket); everything else through this
-        # endpoint is refused, so agent code cannot reach arbitrary buckets.
+        # Image layers (ECR serves them from its regional layer bucket) and the
+        # runner's large harness configurations are the only S3 objects a
+        # runner task needs; everything else through this endpoint is refused,
+        # so agent code cannot reach arbitrary buckets.
         s3_endpoint.add_to_policy(
             iam.PolicyStatement(
                 sid="EcrImageLayersOnly",
@@ -465,6 +473,14 @@ class AgentTestInfraStack(cdk.Stack):
                 resources=[
                     f"arn:{cdk.Aws.PARTITION}:s3:::prod-{cdk.Aws.REGION}-starport-layer-bucket/*"
                 ],
+            )
+        )
+        s3_endpoint.add_to_policy(
+            iam.PolicyStatement(
+                sid="RunnerConfigsOnly",
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:GetObject"],
+                resources=[self.bucket.arn_for_objects(f"{CONFIGS_PREFIX}*")],
             )
         )
 
@@ -485,9 +501,11 @@ class AgentTestInfraStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal(ecs_tasks),
             description="agenttest runner: ECS pulls the image and writes the logs",
         )
-        # Task role: the agent under test's credentials. Ollama needs no AWS
-        # access at all, so the role then has no policy; Bedrock gets invoke on
-        # the configured foundation models and nothing else.
+        # Task role: the harness's and so the agent under test's credentials.
+        # Both providers read the large harness configurations the operator
+        # passes through S3 (configs/ only: not the packages, not the rest of
+        # test-artifacts/, no listing); Bedrock adds invoke on the configured
+        # foundation models. Ollama needs no other AWS access.
         self.task_role = iam.Role(
             self,
             "RunnerTaskRole",
@@ -496,26 +514,30 @@ class AgentTestInfraStack(cdk.Stack):
                 # Confused-deputy guard: only ECS acting for this account.
                 conditions={"StringEquals": {"aws:SourceAccount": cdk.Aws.ACCOUNT_ID}},
             ),
-            description="agenttest runner: the agent under test (model access only)",
+            description="agenttest runner: the agent under test (its config, model access)",
         )
+        statements = [
+            iam.PolicyStatement(
+                sid="ReadHarnessConfigs",
+                actions=["s3:GetObject"],
+                resources=[self.bucket.arn_for_objects(f"{CONFIGS_PREFIX}*")],
+            )
+        ]
         model_arns = cfg.bedrock_model_arns()
         if model_arns:
-            self.task_role.attach_inline_policy(
-                iam.Policy(
-                    self,
-                    "RunnerTaskBedrockPolicy",
-                    statements=[
-                        iam.PolicyStatement(
-                            sid="InvokeConfiguredModels",
-                            actions=[
-                                "bedrock:InvokeModel",
-                                "bedrock:InvokeModelWithResponseStream",
-                            ],
-                            resources=model_arns,
-                        )
+            statements.append(
+                iam.PolicyStatement(
+                    sid="InvokeConfiguredModels",
+                    actions=[
+                        "bedrock:InvokeModel",
+                        "bedrock:InvokeModelWithResponseStream",
                     ],
+                    resources=model_arns,
                 )
             )
+        self.task_role.attach_inline_policy(
+            iam.Policy(self, "RunnerTaskPolicy", statements=statements)
+        )
 
     # ------------------------------------------------------------------ task definition
 
@@ -591,6 +613,7 @@ class AgentTestInfraStack(cdk.Stack):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             removal_policy=cdk.RemovalPolicy.RETAIN,
             lifecycle_rules=[
+                # Covers the large harness configurations under CONFIGS_PREFIX.
                 s3.LifecycleRule(
                     id="expire-test-artifacts",
                     prefix=TEST_ARTIFACTS_PREFIX,
@@ -669,13 +692,17 @@ class AgentTestInfraStack(cdk.Stack):
                 conditions={"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}},
             ),
             iam.PolicyStatement(
+                # read_logs pages one task's stream forward; nothing else is read.
                 sid="ReadRunnerLogs",
-                actions=[
-                    "logs:DescribeLogStreams",
-                    "logs:FilterLogEvents",
-                    "logs:GetLogEvents",
-                ],
+                actions=["logs:GetLogEvents"],
                 resources=[log_group, f"{log_group}:*"],
+            ),
+            iam.PolicyStatement(
+                # Harness configurations over 7 KiB, for the runner task to read
+                # (AGENTTEST_FARGATE_CONFIG_BUCKET); they expire with test-artifacts/.
+                sid="WriteHarnessConfigs",
+                actions=["s3:PutObject"],
+                resources=[self.bucket.arn_for_objects(f"{CONFIGS_PREFIX}*")],
             ),
             iam.PolicyStatement(
                 sid="ReadWritePackages",
@@ -718,7 +745,10 @@ class AgentTestInfraStack(cdk.Stack):
             "ContainerName": (CONTAINER_NAME, "container to override in RunTask"),
             "Subnets": (cdk.Fn.join(",", subnet_ids), "subnets for awsvpc (comma separated)"),
             "SecurityGroup": (self.runner_sg.security_group_id, "security group for runner tasks"),
-            "AssignPublicIp": ("DISABLED", "awsvpc assignPublicIp (subnets are private)"),
+            "AssignPublicIp": (
+                "false",
+                "AGENTTEST_FARGATE_ASSIGN_PUBLIC_IP: no public IP (the subnets are private)",
+            ),
             "LogGroup": (LOG_GROUP_NAME, "log group of the runner containers"),
             "LogStreamPrefix": (
                 LOG_STREAM_PREFIX,
@@ -726,6 +756,10 @@ class AgentTestInfraStack(cdk.Stack):
             ),
             "PackageBucket": (self.bucket.bucket_name, "S3 bucket for deployment packages"),
             "PackagePrefix": (cfg.packages_prefix, "key prefix the operator may write under"),
+            "ConfigBucket": (
+                self.bucket.bucket_name,
+                f"S3 bucket for harness configurations over 7 KiB (under {CONFIGS_PREFIX})",
+            ),
             "OperatorRoleArn": (
                 self.operator_role.role_arn,
                 "IRSA role: annotate the ServiceAccount with eks.amazonaws.com/role-arn",

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from agenttest import package_cli
 from agenttest.settings import Settings
 
 
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_setting_flags(run_parser)
     sub.add_parser("crds", help="generate the CRDs (python -m agenttest.crdgen)")
     sub.add_parser("cluster", help="the local control plane (python -m agenttest.devcluster)")
+    package_cli.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "package":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return package_cli.run(args)
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

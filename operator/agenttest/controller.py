@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agenttest import lifecycle, logtail, queue
+from agenttest import lifecycle, logtail, packaging, queue
 from agenttest.backends.base import (
     BackendUnavailable,
     ExecutionKey,
@@ -24,6 +24,7 @@ from agenttest.backends.base import (
     LaunchRequest,
 )
 from agenttest.models import AgentTestSpec, AgentTestStatus, Backend, Phase
+from agenttest.publishing import Publisher
 from agenttest.runner.protocol import PHASE_RUNNING
 from agenttest.settings import Settings
 from agenttest.sources import SourceUnavailable, fetch_source, harness_config
@@ -108,6 +109,7 @@ class Runtime:
     scheduler: Scheduler
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
+    publisher: Publisher | None = None
 
     def executor(self, backend: Backend) -> Executor:
         executor = self.executors.get(backend)
@@ -330,3 +332,31 @@ async def delete(rt: Runtime, status: AgentTestStatus) -> None:
         executor, execution_id = found
         await executor.cleanup(execution_id)
         rt.progress.pop(execution_id, None)
+
+
+async def package(rt: Runtime, test: TestView, status: AgentTestStatus) -> AgentTestStatus:
+    """Publish the deployment package of a test that passed (the Packaged condition)."""
+    now = rt.clock()
+
+    def outcome(ok: bool, reason: str, message: str, name: str | None = None) -> AgentTestStatus:
+        return lifecycle.packaged(status, ok, reason, message, test.generation, now, name)
+
+    if rt.publisher is None:
+        return outcome(
+            False,
+            "NotConfigured",
+            "no package bucket: set AGENTTEST_PACKAGE_BUCKET to publish packages",
+        )
+    try:
+        published = await rt.publisher.publish(
+            test.spec, status, test.namespace, test.name, test.uid, lifecycle.timestamp(now)
+        )
+    except packaging.PackageTooLarge as error:
+        return outcome(False, "PackageTooLarge", str(error))
+    except SourceUnavailable as error:
+        return outcome(False, "SourceUnavailable", str(error))
+    except Exception as error:
+        # S3 or the API server refused for now: the next step tries again.
+        logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)
+        return status
+    return outcome(True, "Uploaded", f"{published.uri} ({published.size} bytes)", published.name)

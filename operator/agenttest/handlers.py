@@ -29,6 +29,7 @@ from agenttest.models import (
     Backend,
     Phase,
 )
+from agenttest.publishing import Publisher
 from agenttest.settings import Settings
 
 RETRY_ANNOTATION = f"{GROUP}/retry"
@@ -57,6 +58,13 @@ def needs_driving(body: kopf.Body, **_: Any) -> bool:
     if phase is None or not phase.finished:
         return True
     status = body.get("status") or {}
+    package_enabled = (body.get("spec") or {}).get("package", {}).get("enabled", True)
+    if (
+        phase == Phase.SUCCEEDED
+        and package_enabled
+        and not any(c.get("type") == "Packaged" for c in status.get("conditions", []))
+    ):
+        return True  # passed but not yet packaged
     retry = body.metadata.annotations.get(RETRY_ANNOTATION)
     generation = body.metadata.get("generation")
     return (retry is not None and retry != status.get("observedRetry")) or (
@@ -130,6 +138,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings=config,
         executors=executors,
         scheduler=controller.Scheduler(limit=config.max_running),
+        publisher=(
+            Publisher(config.package_bucket, config.package_prefix, config.package_max_bytes)
+            if config.package_bucket
+            else None
+        ),
     )
     kubeapi.load_config()
     if config.metrics_port:
@@ -211,6 +224,9 @@ async def drive(
         new, transitions = step.status, step.transitions
     await write_status(meta, memo, old, new)
     rt.scheduler.record(str(meta.uid), new)
+    if lifecycle.needs_package(new, spec.package.enabled):
+        # After the Succeeded write, so the test shows its result first.
+        await write_status(meta, memo, new, await controller.package(rt, test, new))
     for phase, message in transitions:
         failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
         kopf.event(

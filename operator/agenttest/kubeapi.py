@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
+from agenttest.models import AGENTTEST_PLURAL, GROUP, PACKAGE_PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,3 +91,50 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str]:
 
     config_map = await call(client.CoreV1Api().read_namespaced_config_map, name, namespace)
     return dict(config_map.data or {})
+
+
+class Conflict(Exception):
+    """The object already exists (409)."""
+
+
+async def create_deployment_package(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Create a DeploymentPackage; `Conflict` if one of that name exists."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = _custom_objects()
+
+    def create() -> dict[str, Any]:
+        try:
+            return dict(
+                api.create_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, body)
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from error
+            raise
+
+    return await call(create)
+
+
+async def get_deployment_package(namespace: str, name: str) -> dict[str, Any]:
+    api = _custom_objects()
+    return dict(
+        await call(
+            api.get_namespaced_custom_object, GROUP, VERSION, namespace, PACKAGE_PLURAL, name
+        )
+    )
+
+
+async def patch_deployment_package_status(
+    namespace: str, name: str, status: dict[str, Any]
+) -> None:
+    api = _custom_objects()
+    await call(
+        api.patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        PACKAGE_PLURAL,
+        name,
+        {"status": status},
+    )

@@ -22,6 +22,7 @@ from agenttest.models import (
     CaseResult,
     Condition,
     Execution,
+    PackageRef,
     Phase,
 )
 from agenttest.runner.protocol import EXIT_TIMED_OUT
@@ -93,7 +94,9 @@ def start_attempt(
         observed_generation=generation,
         observed_retry=retry or status.observed_retry,
         spec_hash=run_fingerprint(spec),
-        conditions=status.conditions,
+        # Keep Ready/Succeeded for their transition times; a new attempt gets
+        # its own package, so the old Packaged condition goes.
+        conditions=[c for c in status.conditions if c.type != "Packaged"],
         log_tail=None,
     )
 
@@ -300,4 +303,41 @@ def with_conditions(
             status.conditions, "Succeeded", succeeded, phase.value, message, generation, now
         ),
     ]
+    # Conditions owned by other steps (Packaged) stay as they were.
+    conditions += [c for c in status.conditions if c.type not in ("Ready", "Succeeded")]
     return status.model_copy(update={"conditions": conditions})
+
+
+def packaged(
+    status: AgentTestStatus,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+    package_name: str | None = None,
+) -> AgentTestStatus:
+    """Record the outcome of packaging a passing test (the Packaged condition)."""
+    condition = _condition(
+        status.conditions,
+        "Packaged",
+        "True" if ok else "False",
+        reason,
+        message,
+        generation,
+        now,
+    )
+    others = [c for c in status.conditions if c.type != "Packaged"]
+    update: dict[str, Any] = {"conditions": [*others, condition]}
+    if package_name:
+        update["package_ref"] = PackageRef(name=package_name)
+    return status.model_copy(update=update)
+
+
+def needs_package(status: AgentTestStatus, enabled: bool) -> bool:
+    """A passing test whose package has been neither made nor refused yet."""
+    return (
+        enabled
+        and status.phase == Phase.SUCCEEDED
+        and not any(c.type == "Packaged" for c in status.conditions)
+    )

@@ -383,7 +383,7 @@ class AgentTestStatus(ApiModel):
     package_ref: PackageRef | None = Field(default=None, description="The deployment package.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready and Succeeded conditions.",
+        description="Ready, Succeeded and (for passing tests) Packaged conditions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(
@@ -409,9 +409,12 @@ class DeploymentPackageSpec(ApiModel):
 
     agent_test_ref: AgentTestRef = Field(description="The AgentTest it came from.")
     s3_uri: str = Field(pattern=r"^s3://", description="Where the zip is, s3://bucket/key.")
+    bucket: str = Field(description="S3 bucket holding the zip.")
+    key: str = Field(description="S3 key of the zip.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the zip.")
     size_bytes: int = Field(ge=0, description="Size of the zip in bytes.")
     files: list[str] = Field(default_factory=list, description="Files inside the zip.")
+    summary: str = Field(default="", description="The test outcome the package was made from.")
 
 
 class DeploymentPackageStatus(ApiModel):

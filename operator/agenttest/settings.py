@@ -66,6 +66,12 @@ class Settings:
     fargate_config_bucket: str = ""
     # Seconds to wait for a stopped task to reach STOPPED.
     fargate_stop_timeout: float = 120.0
+    # Deployment packages of passing tests go to this bucket under the prefix;
+    # without a bucket, passing tests get a Packaged=False condition instead.
+    package_bucket: str = ""
+    package_prefix: str = "packages/"
+    # Packages over this size are refused (Packaged=False, PackageTooLarge).
+    package_max_bytes: int = 50 * 1024 * 1024
     # Prometheus metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.

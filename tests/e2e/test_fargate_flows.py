@@ -14,8 +14,8 @@ import pytest
 
 from agenttest.modelserver import ScriptedModelServer
 from agenttest.runner.protocol import MACHINE_PREFIX
-from fargate import AwsEnvironment, FargatePlayer
 
+from fargate import AwsEnvironment, FargatePlayer
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]

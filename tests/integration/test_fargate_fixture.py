@@ -17,8 +17,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from agenttest.modelserver import ScriptedModelServer
-from fargate import AwsEnvironment, FargatePlayer
 
+from fargate import AwsEnvironment, FargatePlayer
 from support import pid_alive
 
 GREETER = "from strands import Agent\ndef agent(model):\n    return Agent(model=model)\n"

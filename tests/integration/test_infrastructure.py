@@ -8,8 +8,11 @@ least-privilege roles, the package bucket, the network, and the outputs.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agenttest.backends.base import ExecutionKey, LaunchRequest
+from agenttest.backends.fargate import MAX_INLINE_CONFIG, FargateConfig, FargateExecutor
+from agenttest.runner.protocol import CONFIG_S3_ENV
+from agenttest.settings import Settings, _parse
 
 from support import ROOT
 
@@ -37,21 +45,21 @@ OIDC_ARN = f"arn:aws:iam::123456789012:oidc-provider/{OIDC_ISSUER}"
 MODELS = ["anthropic.claude-3-haiku-20240307-v1:0", "amazon.nova-lite-v1:0"]
 SUBJECT = "system:serviceaccount:agenttest-system:agenttest-operator"
 
-OPERATOR_ACTIONS = {
-    "ecs:RunTask",
-    "ecs:TagResource",
-    "ecs:StopTask",
-    "ecs:DescribeTasks",
+# The fargate backend's AWS calls (test_fargate_backend_calls_match_the_operator_role
+# records them), as IAM actions.
+FARGATE_CALLS = {
     "ecs:ListTasks",
-    "iam:PassRole",
+    "ecs:RunTask",
+    "ecs:DescribeTasks",
+    "ecs:StopTask",
     "logs:GetLogEvents",
-    "logs:FilterLogEvents",
-    "logs:DescribeLogStreams",
-    "s3:PutObject",
-    "s3:GetObject",
-    "s3:GetObjectAttributes",
-    "s3:ListBucket",
+    "s3:PutObject",  # harness configurations over 7 KiB
 }
+# What RunTask needs besides ecs:RunTask: tags at launch, and passing the roles.
+RUN_TASK_IMPLIES = {"ecs:TagResource", "iam:PassRole"}
+# The packager's (a later feature), under packagesPrefix.
+PACKAGE_ACTIONS = {"s3:PutObject", "s3:GetObject", "s3:GetObjectAttributes", "s3:ListBucket"}
+OPERATOR_ACTIONS = FARGATE_CALLS | RUN_TASK_IMPLIES | PACKAGE_ACTIONS
 REQUIRED_OUTPUTS = {
     "ClusterName",
     "TaskDefinitionFamily",
@@ -61,6 +69,8 @@ REQUIRED_OUTPUTS = {
     "LogGroup",
     "LogStreamPrefix",
     "PackageBucket",
+    "ConfigBucket",
+    "AssignPublicIp",
     "OperatorRoleArn",
 }
 
@@ -233,13 +243,29 @@ def test_execution_role_pulls_only_the_configured_ecr_repository() -> None:
 # --------------------------------------------------------------------------- task role
 
 
-def test_task_role_has_no_permissions_for_ollama(synths: dict[tuple[str, str], Synth]) -> None:
+def _task_role_statements(synth: Synth) -> list[dict[str, Any]]:
+    _, task = synth.one("AWS::ECS::TaskDefinition")
+    return synth.statements_of_role(synth.role_id(task["Properties"]["TaskRoleArn"]))
+
+
+def _reads_configs(synth: Synth, statement: dict[str, Any]) -> bool:
+    """The one statement letting the runner read its large harness configuration."""
+    bucket_id, _ = synth.one("AWS::S3::Bucket")
+    return (
+        statement["Effect"] == "Allow"
+        and as_list(statement["Action"]) == ["s3:GetObject"]
+        and render(statement["Resource"]) == f"${{{bucket_id}.Arn}}/test-artifacts/configs/*"
+        and "Condition" not in statement
+    )
+
+
+def test_task_role_only_reads_harness_configs_for_ollama(
+    synths: dict[tuple[str, str], Synth],
+) -> None:
     for egress in ("endpoints", "nat"):
         synth = synths[("ollama", egress)]
-        _, task = synth.one("AWS::ECS::TaskDefinition")
-        role_id = synth.role_id(task["Properties"]["TaskRoleArn"])
-        assert synth.statements_of_role(role_id) == []
-        assert "Policies" not in synth.resources[role_id]["Properties"]
+        [statement] = _task_role_statements(synth)
+        assert _reads_configs(synth, statement), statement
 
 
 def test_task_role_invokes_exactly_the_configured_bedrock_models(
@@ -247,9 +273,10 @@ def test_task_role_invokes_exactly_the_configured_bedrock_models(
 ) -> None:
     for egress in ("endpoints", "nat"):
         synth = synths[("bedrock", egress)]
-        _, task = synth.one("AWS::ECS::TaskDefinition")
-        role_id = synth.role_id(task["Properties"]["TaskRoleArn"])
-        [statement] = synth.statements_of_role(role_id)
+        configs, statement = _task_role_statements(synth)
+        if _reads_configs(synth, statement):
+            configs, statement = statement, configs
+        assert _reads_configs(synth, configs), configs
         assert statement["Effect"] == "Allow"
         assert sorted(as_list(statement["Action"])) == [
             "bedrock:InvokeModel",
@@ -263,8 +290,9 @@ def test_task_role_invokes_exactly_the_configured_bedrock_models(
 
 def test_bedrock_models_default_to_the_stacks_region() -> None:
     synth = Synth(modelProvider="bedrock", bedrockModelIds=["amazon.nova-lite-v1:0"])
-    _, task = synth.one("AWS::ECS::TaskDefinition")
-    [statement] = synth.statements_of_role(synth.role_id(task["Properties"]["TaskRoleArn"]))
+    [statement] = [
+        s for s in _task_role_statements(synth) if "bedrock:InvokeModel" in as_list(s["Action"])
+    ]
     assert render(statement["Resource"]) == (
         "arn:${AWS::Partition}:bedrock:${AWS::Region}::foundation-model/amazon.nova-lite-v1:0"
     )
@@ -356,8 +384,13 @@ def test_operator_role_is_least_privilege(synth: Synth) -> None:
     assert all(s["Effect"] == "Allow" for s in statements)
     assert all("NotAction" not in s and "NotResource" not in s for s in statements)
 
-    def only(action: str) -> dict[str, Any]:
-        [statement] = [s for s in statements if action in as_list(s["Action"])]
+    def only(action: str, resource_suffix: str = "") -> dict[str, Any]:
+        [statement] = [
+            s
+            for s in statements
+            if action in as_list(s["Action"])
+            and str(render(s["Resource"])).endswith(resource_suffix)
+        ]
         return statement
 
     # Resource "*" only where AWS has no resource to scope, and then conditioned.
@@ -392,17 +425,18 @@ def test_operator_role_is_least_privilege(synth: Synth) -> None:
     }
 
     logs = only("logs:GetLogEvents")
-    assert sorted(as_list(logs["Action"])) == [
-        "logs:DescribeLogStreams",
-        "logs:FilterLogEvents",
-        "logs:GetLogEvents",
-    ]
+    assert as_list(logs["Action"]) == ["logs:GetLogEvents"]
     group = (
         "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:/agenttest/runner"
     )
     assert sorted(render(as_list(logs["Resource"]))) == [group, f"{group}:*"]
 
-    objects = only("s3:PutObject")
+    configs = only("s3:PutObject", "/test-artifacts/configs/*")
+    assert as_list(configs["Action"]) == ["s3:PutObject"]
+    assert render(configs["Resource"]) == f"${{{bucket_id}.Arn}}/test-artifacts/configs/*"
+    assert "Condition" not in configs
+
+    objects = only("s3:PutObject", "/packages/*")
     assert sorted(as_list(objects["Action"])) == [
         "s3:GetObject",
         "s3:GetObjectAttributes",
@@ -412,6 +446,114 @@ def test_operator_role_is_least_privilege(synth: Synth) -> None:
     listing = only("s3:ListBucket")
     assert render(listing["Resource"]) == f"${{{bucket_id}.Arn}}"
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["packages/", "packages/*"]}}
+
+    # Every S3 grant is one of those two prefixes or the prefix-conditioned listing.
+    s3_resources = {
+        str(render(s["Resource"])) for s in statements if as_list(s["Action"])[0].startswith("s3:")
+    }
+    assert s3_resources == {
+        f"${{{bucket_id}.Arn}}/test-artifacts/configs/*",
+        f"${{{bucket_id}.Arn}}/packages/*",
+        f"${{{bucket_id}.Arn}}",
+    }
+
+
+class _RecordingClient:
+    """A boto3 client stand-in that records each call and answers like ECS/Logs/S3."""
+
+    def __init__(self, service: str, calls: list[tuple[str, str, dict[str, Any]]]) -> None:
+        self.service = service
+        self.calls = calls
+
+    def __getattr__(self, operation: str) -> Any:
+        def call(**kwargs: Any) -> dict[str, Any]:
+            self.calls.append((self.service, operation, kwargs))
+            task = "arn:aws:ecs:eu-west-1:123456789012:task/agenttest/0123456789abcdef"
+            if operation == "list_tasks":
+                return {"taskArns": []}
+            if operation == "run_task":
+                if "capacityProviderStrategy" in kwargs:  # no Spot capacity: fall back
+                    return {"tasks": [], "failures": [{"reason": "Capacity is unavailable"}]}
+                return {"tasks": [{"taskArn": task}]}
+            if operation == "describe_tasks":
+                stopped = any(op == "stop_task" for _, op, _ in self.calls)
+                status = "STOPPED" if stopped else "RUNNING"
+                return {"tasks": [{"lastStatus": status, "stopCode": "UserInitiated"}]}
+            if operation == "get_log_events":
+                return {"events": [{"message": "hello\n"}], "nextForwardToken": "f/1"}
+            return {}
+
+        return call
+
+
+def test_fargate_backend_calls_match_the_operator_role(synth: Synth) -> None:
+    """Drive the real fargate backend (Spot with fallback, a config over 7 KiB) and check
+    that the operator role allows every AWS call it makes and nothing else."""
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+    executor = FargateExecutor(
+        FargateConfig(
+            cluster="agenttest",
+            task_definition="agenttest-runner",
+            container="runner",
+            subnets=("subnet-1",),
+            security_groups=("sg-1",),
+            assign_public_ip=False,
+            use_spot=True,
+            log_group="/agenttest/runner",
+            log_stream_prefix="agenttest",
+            config_bucket="the-bucket",
+            stop_timeout=5.0,
+        ),
+        client_factory=lambda service: _RecordingClient(service, calls),
+        min_log_interval=0.0,
+    )
+    request = LaunchRequest(
+        key=ExecutionKey(uid="0123456789abcdef0123456789abcdef", attempt=1),
+        namespace="team-a",
+        test_name="big",
+        harness_config={"agentSource": "x" * (MAX_INLINE_CONFIG + 1)},
+        timeout_seconds=60,
+    )
+
+    async def drive() -> None:
+        task = await executor.launch(request)
+        await executor.observe(task)
+        await executor.read_logs(task, None)
+        await executor.stop(task, "test")
+
+    asyncio.run(drive())
+
+    def iam_action(service: str, operation: str) -> str:
+        return f"{service}:" + "".join(part.title() for part in operation.split("_"))
+
+    made = {iam_action(service, operation) for service, operation, _ in calls}
+    assert made == FARGATE_CALLS
+
+    role_id, _ = _operator(synth)
+    allowed = {a for s in synth.statements_of_role(role_id) for a in as_list(s["Action"])}
+    assert allowed == made | RUN_TASK_IMPLIES | PACKAGE_ACTIONS
+
+    # The call shapes the role's resources and the cluster's capacity providers assume.
+    runs = [kwargs for _, operation, kwargs in calls if operation == "run_task"]
+    assert [r.get("capacityProviderStrategy", [{}])[0].get("capacityProvider") for r in runs] == [
+        "FARGATE_SPOT",
+        None,
+    ]
+    assert runs[1]["launchType"] == "FARGATE"
+    assert all(r["cluster"] == "agenttest" and r["tags"] for r in runs)
+    assert all(r["taskDefinition"] == "agenttest-runner" for r in runs)
+    [put] = [kwargs for _, operation, kwargs in calls if operation == "put_object"]
+    assert put["Key"].startswith("test-artifacts/configs/team-a/big/")
+    assert put["ServerSideEncryption"] == "AES256"
+    [environment] = runs[0]["overrides"]["containerOverrides"][0]["environment"]
+    assert environment == {"name": CONFIG_S3_ENV, "value": f"s3://the-bucket/{put['Key']}"}
+    executor._pool.shutdown(wait=True)
+
+
+def test_cluster_offers_fargate_spot(synth: Synth) -> None:
+    """AGENTTEST_FARGATE_USE_SPOT=true runs with capacity provider FARGATE_SPOT."""
+    [association] = synth.of_type("AWS::ECS::ClusterCapacityProviderAssociations").values()
+    assert set(association["Properties"]["CapacityProviders"]) == {"FARGATE", "FARGATE_SPOT"}
 
 
 def test_operator_role_follows_namespace_service_account_and_prefix() -> None:
@@ -426,12 +568,12 @@ def test_operator_role_follows_namespace_service_account_and_prefix() -> None:
     assert trust["Condition"]["StringEquals"][f"{OIDC_ISSUER}:sub"] == (
         "system:serviceaccount:ops:tester"
     )
-    resources = [
+    resources = sorted(
         render(s["Resource"])
         for s in synth.statements_of_role(role_id)
         if "s3:PutObject" in as_list(s["Action"])
-    ]
-    assert [r.endswith("/pkgs/*") for r in resources] == [True]
+    )
+    assert [r.rsplit("}", 1)[1] for r in resources] == ["/pkgs/*", "/test-artifacts/configs/*"]
 
 
 def test_defaults_synthesize_with_a_placeholder_trust_and_a_warning(default_synth: Synth) -> None:
@@ -477,6 +619,32 @@ def test_endpoints_mode_has_vpc_endpoints_and_no_internet_path(
             assert synth.of_type(kind) == {}, kind
         subnets = synth.of_type("AWS::EC2::Subnet").values()
         assert all(s["Properties"]["MapPublicIpOnLaunch"] is False for s in subnets)
+
+
+def test_s3_endpoint_admits_image_layers_and_runner_configs_only(
+    synths: dict[tuple[str, str], Synth],
+) -> None:
+    """With egress=endpoints the runner reaches its large configuration through the
+    S3 gateway endpoint, and nothing else in S3 but ECR's layers."""
+    for provider in ("ollama", "bedrock"):
+        synth = synths[(provider, "endpoints")]
+        bucket_id, _ = synth.one("AWS::S3::Bucket")
+        [s3] = [
+            e
+            for e in synth.of_type("AWS::EC2::VPCEndpoint").values()
+            if e["Properties"]["VpcEndpointType"] == "Gateway"
+        ]
+        statements = s3["Properties"]["PolicyDocument"]["Statement"]
+        assert {
+            (s["Effect"], json.dumps(s["Action"]), str(render(s["Resource"]))) for s in statements
+        } == {
+            (
+                "Allow",
+                '"s3:GetObject"',
+                "arn:${AWS::Partition}:s3:::prod-${AWS::Region}-starport-layer-bucket/*",
+            ),
+            ("Allow", '"s3:GetObject"', f"${{{bucket_id}.Arn}}/test-artifacts/configs/*"),
+        }
 
 
 def test_endpoints_accept_https_from_runner_tasks_only(
@@ -544,6 +712,36 @@ def test_outputs_name_everything_the_operator_needs(synth: Synth) -> None:
     assert outputs["LogStreamPrefix"]["Value"] == "agenttest"
     bucket_id, _ = synth.one("AWS::S3::Bucket")
     assert outputs["PackageBucket"]["Value"] == {"Ref": bucket_id}
+    assert outputs["ConfigBucket"]["Value"] == {"Ref": bucket_id}
+
+
+def test_outputs_are_valid_values_of_the_operator_settings(default_synth: Synth) -> None:
+    """The README maps outputs to AGENTTEST_FARGATE_* settings; the fixed ones parse as
+    those settings and equal the operator's defaults, so they work unset too."""
+    outputs = default_synth.json["Outputs"]
+    settings = {
+        "ClusterName": "fargate_cluster",
+        "TaskDefinitionFamily": "fargate_task_definition",
+        "ContainerName": "fargate_container",
+        "AssignPublicIp": "fargate_assign_public_ip",
+        "LogGroup": "fargate_log_group",
+        "LogStreamPrefix": "fargate_log_stream_prefix",
+    }
+    defaults = Settings()
+    for output, name in settings.items():
+        assert _parse(name, outputs[output]["Value"]) == getattr(defaults, name), output
+
+
+def test_readme_names_only_real_settings() -> None:
+    """Every AGENTTEST_* variable in infrastructure/README.md is an operator setting,
+    and every fargate setting is documented there."""
+    readme = (INFRA / "README.md").read_text()
+    # The runner's own variable is the one AGENTTEST_* name that is not a setting.
+    named = set(re.findall(r"AGENTTEST_[A-Z0-9_]*[A-Z0-9]", readme)) - {CONFIG_S3_ENV}
+    real = {f"AGENTTEST_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert named <= real, sorted(named - real)
+    fargate = {name for name in real if name.startswith("AGENTTEST_FARGATE_")}
+    assert fargate <= named, sorted(fargate - named)
 
 
 @pytest.mark.parametrize(

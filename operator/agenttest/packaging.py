@@ -1,0 +1,304 @@
+"""The deployment package of a passing AgentTest: its files, its zip, its place in S3.
+
+A package holds the tested agent.py unchanged, a FastAPI service around it, a pinned
+requirements.txt, a Dockerfile, a CDK app that deploys the image to ECS Fargate, a
+README and a manifest.json with every file's SHA-256. Everything here is pure: the
+files are a function of a PackageInput and the templates in ``templates/package/``,
+and the zip is a function of the files, so a retried upload produces the same bytes
+and the same checksum. Uploading and the DeploymentPackage resource live elsewhere.
+
+Templates: a ``*.j2`` file is rendered with jinja2 (a missing variable is an error,
+never an empty string) and written without the suffix; any other file is copied as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATES_DIR_ENV = "AGENTTEST_TEMPLATES_DIR"
+# Where the templates are in a source checkout: <repo>/templates/package. An installed
+# wheel has no such directory; its image sets AGENTTEST_TEMPLATES_DIR (see ./Dockerfile).
+REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "package"
+
+AGENT_FILE = "agent.py"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+TEMPLATE_SUFFIX = ".j2"
+
+MAX_PACKAGE_BYTES = 50 * 1024 * 1024
+
+# Same minor version as runner.Dockerfile's base image: the agent runs where it was tested.
+PYTHON_VERSION = "3.11"
+
+# Pinned into requirements.txt. Versions come from the operator's own environment
+# (built from the same pyproject.toml as the runner image); the fallbacks cover
+# packages the operator does not install itself (fastapi and uvicorn are only a
+# development dependency here) and are versions the package's service is tested with.
+PINNED_PACKAGES = ("strands-agents", "fastapi", "uvicorn", "ollama")
+FALLBACK_VERSIONS: Mapping[str, str] = {
+    "strands-agents": "1.62.0",
+    "fastapi": "0.165.0",
+    "uvicorn": "0.54.0",
+    "ollama": "0.6.3",
+}
+
+PROVIDERS = ("ollama", "bedrock")
+
+# zip entries carry a timestamp and permissions; fixing them (and the order and the
+# compression level) makes the archive a function of its contents alone.
+ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold
+ZIP_FILE_MODE = 0o644
+ZIP_COMPRESS_LEVEL = 9
+
+
+def installed_versions() -> dict[str, str]:
+    """The version of each pinned package installed here, else its fallback."""
+    versions: dict[str, str] = {}
+    for package in PINNED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = FALLBACK_VERSIONS[package]
+    return versions
+
+
+@dataclass(frozen=True)
+class PackageInput:
+    """Everything a package is made of, in the CRD's camelCase where it comes from there.
+
+    ``model`` has ``provider`` and ``modelId`` and optionally ``endpoint``, ``region``
+    and ``temperature`` (spec.model); each of ``cases`` has ``name``, ``passed`` and
+    ``latencySeconds`` (status.cases).
+    """
+
+    agent_source: str
+    entrypoint: str
+    requirements: list[str]
+    model: dict[str, Any]
+    cases: list[dict[str, Any]]
+    summary: str
+    namespace: str
+    name: str
+    uid: str
+    attempt: int
+    tested_at: str
+    versions: dict[str, str] = field(default_factory=installed_versions)
+
+    def __post_init__(self) -> None:
+        # The CRD's schema already enforces most of this; checked again because a
+        # package is built from whatever the caller hands in, and a bad value would
+        # otherwise surface as a broken file inside the zip.
+        if self.model.get("provider") not in PROVIDERS:
+            raise ValueError(f"model.provider must be one of {', '.join(PROVIDERS)}")
+        if not self.model.get("modelId"):
+            raise ValueError("model.modelId is required")
+        if self.model["provider"] == "ollama" and not self.model.get("endpoint"):
+            raise ValueError("model.endpoint is required when provider is ollama")
+        if self.model["provider"] == "bedrock" and not self.model.get("region"):
+            raise ValueError("model.region is required when provider is bedrock")
+        if not self.entrypoint.isidentifier():
+            raise ValueError(f"entrypoint {self.entrypoint!r} is not a Python identifier")
+        for requirement in self.requirements:
+            # One requirement per line, and no pip options (--index-url ...): the
+            # harness refuses both, so a tested agent never has them.
+            if "\n" in requirement or "\r" in requirement or requirement.lstrip().startswith("-"):
+                raise ValueError(f"requirement {requirement!r} is not a single requirement")
+        if self.attempt < 1:
+            raise ValueError("attempt must be 1 or more")
+        missing = [p for p in PINNED_PACKAGES if p not in self.versions]
+        if missing:
+            raise ValueError(f"versions is missing {', '.join(missing)}")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def templates_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """$AGENTTEST_TEMPLATES_DIR, else the source checkout's templates/package."""
+    environ = os.environ if environ is None else environ
+    configured = environ.get(TEMPLATES_DIR_ENV)
+    return Path(configured) if configured else REPO_TEMPLATES_DIR
+
+
+def template_environment(directory: Path) -> jinja2.Environment:
+    """A jinja2 environment for the package templates in ``directory``."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        # A typo in a template must fail the render, not ship an empty value.
+        undefined=jinja2.StrictUndefined,
+        # Nothing rendered is HTML; escaping would corrupt code and JSON.
+        autoescape=False,
+        keep_trailing_newline=True,
+        # Block tags on their own lines leave no blank lines behind.
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["pyrepr"] = python_literal
+    return environment
+
+
+def python_literal(value: str | float | bool | None) -> str:
+    """``value`` as Python source, so quotes or backslashes in a model id stay code.
+
+    Strings get double quotes, as the formatter would write them: a JSON string is a
+    valid Python string literal (ensure_ascii=False keeps characters outside the BMP
+    whole instead of splitting them into two \\u escapes).
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    raise TypeError(f"no Python literal for {type(value).__name__}")
+
+
+def stack_name(name: str) -> str:
+    """A CloudFormation stack name for the AgentTest ``name``: [A-Za-z][A-Za-z0-9-]*."""
+    return ("agent-" + re.sub(r"[^A-Za-z0-9-]", "-", name))[:128]
+
+
+def _model_info(inp: PackageInput) -> dict[str, Any]:
+    # Every key present (None when unset), so templates can test them without tripping
+    # StrictUndefined, and nothing the caller added beyond the documented keys.
+    return {
+        "provider": inp.model["provider"],
+        "modelId": inp.model["modelId"],
+        "endpoint": inp.model.get("endpoint"),
+        "region": inp.model.get("region"),
+        "temperature": inp.model.get("temperature"),
+    }
+
+
+def _case_results(inp: PackageInput) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": case["name"],
+            "passed": bool(case.get("passed")),
+            "latencySeconds": case.get("latencySeconds"),
+        }
+        for case in inp.cases
+    ]
+
+
+def template_context(inp: PackageInput) -> dict[str, Any]:
+    """The variables every template sees."""
+    return {
+        "entrypoint": inp.entrypoint,
+        "requirements": list(inp.requirements),
+        "model": _model_info(inp),
+        "cases": _case_results(inp),
+        "summary": inp.summary,
+        "namespace": inp.namespace,
+        "name": inp.name,
+        "uid": inp.uid,
+        "attempt": inp.attempt,
+        "tested_at": inp.tested_at,
+        "versions": dict(inp.versions),
+        "python_version": PYTHON_VERSION,
+        "stack_name": stack_name(inp.name),
+    }
+
+
+def render(inp: PackageInput, templates: Path | None = None) -> dict[str, bytes]:
+    """Every file of the package, path -> content, manifest.json included.
+
+    ``templates`` defaults to templates_dir(). Paths use "/" on every platform.
+    """
+    directory = templates_dir() if templates is None else templates
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"package templates not found at {directory}; set {TEMPLATES_DIR_ENV}"
+        )
+    environment = template_environment(directory)
+    context = template_context(inp)
+
+    files: dict[str, bytes] = {AGENT_FILE: inp.agent_source.encode("utf-8")}
+    for source in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = source.relative_to(directory).as_posix()
+        if "__pycache__" in relative:
+            continue
+        if relative.endswith(TEMPLATE_SUFFIX):
+            path = relative.removesuffix(TEMPLATE_SUFFIX)
+            content = environment.get_template(relative).render(context).encode("utf-8")
+        else:
+            path, content = relative, source.read_bytes()
+        if path in (AGENT_FILE, MANIFEST_FILE):
+            raise ValueError(f"template {relative} would replace the generated {path}")
+        files[path] = content
+
+    files[MANIFEST_FILE] = manifest(inp, files)
+    return files
+
+
+def manifest(inp: PackageInput, files: Mapping[str, bytes]) -> bytes:
+    """manifest.json: every other file's checksum, the source AgentTest and the results."""
+    document = {
+        "formatVersion": MANIFEST_FORMAT,
+        "source": {
+            "kind": "AgentTest",
+            "namespace": inp.namespace,
+            "name": inp.name,
+            "uid": inp.uid,
+            "attempt": inp.attempt,
+            "testedAt": inp.tested_at,
+        },
+        "model": _model_info(inp),
+        "test": {"summary": inp.summary, "cases": _case_results(inp)},
+        "files": [
+            {"path": path, "sha256": sha256_hex(files[path]), "size": len(files[path])}
+            for path in sorted(files)
+            if path != MANIFEST_FILE
+        ],
+    }
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def build_zip(files: Mapping[str, bytes]) -> bytes:
+    """A zip of ``files`` whose bytes depend only on the names and contents."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(files):
+            info = zipfile.ZipInfo(path, date_time=ZIP_DATE_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, so that external_attr holds Unix permissions
+            info.external_attr = (0o100000 | ZIP_FILE_MODE) << 16  # a regular file, rw-r--r--
+            archive.writestr(info, files[path], compresslevel=ZIP_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class PackageTooLarge(Exception):
+    """The zip is over MAX_PACKAGE_BYTES (most likely a very large inline agent.py)."""
+
+    def __init__(self, size: int, limit: int = MAX_PACKAGE_BYTES) -> None:
+        super().__init__(f"deployment package is {size} bytes, over the {limit} byte limit")
+        self.size = size
+        self.limit = limit
+
+
+def check_size(data: bytes, limit: int = MAX_PACKAGE_BYTES) -> None:
+    """Raise PackageTooLarge when ``data`` is over ``limit`` bytes."""
+    if len(data) > limit:
+        raise PackageTooLarge(len(data), limit)
+
+
+def object_key(namespace: str, name: str, uid: str, attempt: int, prefix: str = "packages/") -> str:
+    """The package's S3 key; uid and attempt make it unique and a retried upload idempotent."""
+    return f"{prefix}{namespace}/{name}/{uid}/attempt-{attempt}/package.zip"

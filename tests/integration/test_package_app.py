@@ -1,0 +1,387 @@
+"""The deployment package for real: its service answers over HTTP, its CDK app synthesizes.
+
+The sample AgentTest's package is rendered to a directory and used as a user would:
+``uvicorn app:app`` in that directory (against the scripted model server instead of
+Ollama), and ``python app.py`` in its cdk/ directory, which is what ``cdk synth`` runs.
+No Docker is needed: CDK only copies and hashes the image's build context at synthesis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agenttest import packaging
+from agenttest.modelserver import ScriptedModelServer
+from agenttest.packaging import PackageInput
+
+pytest.importorskip("fastapi", reason="fastapi is not installed (dev extras)")
+pytest.importorskip("uvicorn", reason="uvicorn is not installed (dev extras)")
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "manifests" / "samples" / "agenttest.yaml"
+GREETING = "Hello! I am a scripted model, happy to help."
+START_TIMEOUT = 60.0  # importing strands and fastapi takes a few seconds on a slow machine
+SYNTH_TIMEOUT = 300.0
+
+BEDROCK = {
+    "provider": "bedrock",
+    "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+    "region": "eu-west-1",
+}
+BEDROCK_ACTIONS = ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"]
+# An agent.py whose entrypoint is an Agent object rather than a factory.
+AGENT_OBJECT_SOURCE = """\
+from strands import Agent
+
+agent = Agent(system_prompt="You are a friendly assistant. Be brief.")
+"""
+
+
+def sample_input(**changes: Any) -> PackageInput:
+    spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    inp = PackageInput(
+        agent_source=spec["agent"]["source"]["inline"],
+        entrypoint=spec["agent"]["entrypoint"],
+        requirements=[],
+        model=spec["model"],
+        cases=[
+            {"name": "greets", "passed": True, "latencySeconds": 0.1},
+            {"name": "knows-capitals", "passed": True, "latencySeconds": 0.2},
+        ],
+        summary="2/2 cases passed",
+        namespace="team-a",
+        name="hello-agent",
+        uid="6f1c2a9e-0000-4000-8000-000000000001",
+        attempt=1,
+        tested_at="2025-06-01T12:00:00Z",
+    )
+    return dataclasses.replace(inp, **changes)
+
+
+def write_package(inp: PackageInput, directory: Path) -> Path:
+    for path, content in packaging.render(inp).items():
+        target = directory / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return directory
+
+
+def wait_for(description: str, condition: Callable[[], Any], timeout: float) -> Any:
+    """Poll until ``condition()`` is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {description}")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_service(package: Path, model_url: str) -> Iterator[str]:
+    """``uvicorn app:app`` in the package directory; yields its base URL once healthy."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_")}
+    env["OLLAMA_ENDPOINT"] = model_url
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=package,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"the service exited with {process.returncode}:\n{output}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                return json.loads(response.read()) == {"status": "ok"}
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    try:
+        wait_for("the service's /health", healthy, START_TIMEOUT)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def user_turns(request: dict[str, Any]) -> int:
+    return sum(1 for message in request["messages"] if message["role"] == "user")
+
+
+def test_service_answers_streams_and_starts_fresh_conversations(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    with ScriptedModelServer() as model, running_service(package, model.url) as base:
+        status, body = post(f"{base}/invoke", {"prompt": "Say hello"})
+        assert status == 200, body
+        assert "Hello" in json.loads(body)["answer"]
+
+        status, body = post(f"{base}/invoke-stream", {"prompt": "What is the capital of France?"})
+        assert status == 200, body
+        assert body.decode() == "The capital of France is Paris."
+
+        status, body = post(f"{base}/invoke", {"prompt": ""})
+        assert status == 422, body
+
+        # The factory made a new Agent per request: no request carried an earlier one.
+        assert len(model.requests) == 2
+        assert [user_turns(request) for request in model.requests] == [1, 1]
+
+
+def test_an_agent_object_serves_requests_in_turn_with_cleared_history(tmp_path: Path) -> None:
+    package = write_package(sample_input(agent_source=AGENT_OBJECT_SOURCE), tmp_path)
+    with ScriptedModelServer() as model, running_service(package, model.url) as base:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(lambda _: post(f"{base}/invoke", {"prompt": "hi"}), range(3)))
+        for status, body in results:
+            assert status == 200, body
+            assert json.loads(body)["answer"] == GREETING
+        # One shared Agent, yet three separate one-question conversations.
+        assert [user_turns(request) for request in model.requests] == [1, 1, 1]
+
+
+def test_an_unreachable_model_is_a_502_that_does_not_leak_the_endpoint(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with running_service(package, nowhere) as base:
+        status, body = post(f"{base}/invoke", {"prompt": "Say hello"})
+        assert status == 502, body
+        assert "agent failed" in json.loads(body)["detail"]
+        assert nowhere not in body.decode()
+
+        status, body = post(f"{base}/invoke-stream", {"prompt": "Say hello"})
+        assert (status, body) == (200, b"")  # headers were sent before the model failed
+
+
+# --------------------------------------------------------------------------- the CDK app
+
+
+class Synth:
+    """``python app.py`` in the package's cdk/ directory, as ``cdk synth`` runs it."""
+
+    def __init__(
+        self, package: Path, outdir: Path, context: dict[str, str], env: dict[str, str]
+    ) -> None:
+        self.outdir = outdir
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=package / "cdk",
+            # The CDK CLI hands context and the output directory over the same way.
+            env={
+                **os.environ,
+                "CDK_OUTDIR": str(outdir),
+                "CDK_CONTEXT_JSON": json.dumps(context),
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._template: dict[str, Any] | None = None
+
+    @property
+    def template(self) -> dict[str, Any]:
+        if self._template is None:
+            output, _ = self.process.communicate(timeout=SYNTH_TIMEOUT)
+            assert self.process.returncode == 0, output
+            stack = packaging.stack_name("hello-agent")
+            self._template = json.loads((self.outdir / f"{stack}.template.json").read_text())
+        return self._template
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        resources = self.template["Resources"]
+        return {key: value for key, value in resources.items() if value["Type"] == kind}
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = self.of_type(kind)
+        assert len(found) == 1, f"expected one {kind}, found {sorted(found)}"
+        return next(iter(found.values()))["Properties"]
+
+    def container(self) -> dict[str, Any]:
+        (container,) = self.one("AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+        return dict(container)
+
+    def environment(self) -> dict[str, str]:
+        return {item["Name"]: item["Value"] for item in self.container()["Environment"]}
+
+    def task_role_statements(self) -> list[dict[str, Any]]:
+        """Every statement granted to the task role, inline or attached."""
+        role_ref = self.one("AWS::ECS::TaskDefinition")["TaskRoleArn"]
+        role_id = role_ref["Fn::GetAtt"][0]
+        role = self.template["Resources"][role_id]["Properties"]
+        assert "ManagedPolicyArns" not in role
+        statements = [
+            s for policy in role.get("Policies", []) for s in policy["PolicyDocument"]["Statement"]
+        ]
+        for policy in self.of_type("AWS::IAM::Policy").values():
+            if {"Ref": role_id} in policy["Properties"]["Roles"]:
+                statements += policy["Properties"]["PolicyDocument"]["Statement"]
+        return statements
+
+    def staged_image_files(self) -> set[str]:
+        """What CDK staged as the image's build context."""
+        (asset,) = self.outdir.glob("asset.*")
+        return {path.relative_to(asset).as_posix() for path in asset.rglob("*") if path.is_file()}
+
+
+def resolve(value: Any) -> Any:
+    """Fn::Join and Ref as a readable string: arn:${AWS::Partition}:..."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return "${" + value["Ref"] + "}"
+    if isinstance(value, dict) and set(value) == {"Fn::Join"}:
+        separator, parts = value["Fn::Join"]
+        return separator.join(str(resolve(part)) for part in parts)
+    return value
+
+
+@pytest.fixture(scope="module")
+def synths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Synth]]:
+    """Both synthesizations started at once: each spends seconds starting jsii and Node.js."""
+    if shutil.which("node") is None:  # pragma: no cover - depends on the machine
+        pytest.skip("CDK synthesis needs Node.js")
+    pytest.importorskip("aws_cdk", reason="aws-cdk-lib is not installed (dev extras)")
+
+    def start(name: str, inp: PackageInput, context: dict[str, str], **env: str) -> Synth:
+        base = tmp_path_factory.mktemp(name)
+        package = write_package(inp, base / "package")
+        return Synth(package, base / "cdk.out", context, env)
+
+    started = {
+        # A new VPC; the Ollama endpoint replaced at deploy time.
+        "ollama": start(
+            "ollama", sample_input(), {"ollamaEndpoint": "http://ollama.internal:11434"}
+        ),
+        # An existing VPC (looked up, so the account must be known), Graviton.
+        "bedrock": start(
+            "bedrock",
+            sample_input(model=BEDROCK),
+            {"vpcId": "vpc-0123456789abcdef0", "cpuArchitecture": "ARM64"},
+            CDK_DEFAULT_ACCOUNT="123456789012",
+            CDK_DEFAULT_REGION="us-east-1",
+        ),
+    }
+    yield started
+    for synth in started.values():
+        if synth.process.poll() is None:  # a test failed before reading its template
+            synth.process.kill()
+            synth.process.communicate()
+
+
+@pytest.mark.parametrize("variant", ["ollama", "bedrock"])
+def test_stack_runs_the_image_on_fargate_behind_a_load_balancer(
+    synths: dict[str, Synth], variant: str
+) -> None:
+    synth = synths[variant]
+    service = synth.one("AWS::ECS::Service")
+    assert service["LaunchType"] == "FARGATE"
+    assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"]["Rollback"] is True
+
+    listener = synth.one("AWS::ElasticLoadBalancingV2::Listener")
+    assert (listener["Port"], listener["Protocol"]) == (80, "HTTP")
+    target_group = synth.one("AWS::ElasticLoadBalancingV2::TargetGroup")
+    assert target_group["HealthCheckPath"] == "/health"
+    assert target_group["TargetType"] == "ip"  # Fargate tasks register by IP
+
+    container = synth.container()
+    assert container["PortMappings"] == [{"ContainerPort": 8000, "Protocol": "tcp"}]
+    log_group_id = next(iter(synth.of_type("AWS::Logs::LogGroup")))
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": log_group_id}
+
+    # .dockerignore kept cdk/ (and the README, manifest) out of the image's context.
+    assert synth.staged_image_files() == {
+        ".dockerignore",
+        "Dockerfile",
+        "agent.py",
+        "app.py",
+        "requirements.txt",
+    }
+
+
+def test_ollama_stack_grants_the_task_nothing_and_takes_the_endpoint_from_context(
+    synths: dict[str, Synth],
+) -> None:
+    synth = synths["ollama"]
+    assert synth.task_role_statements() == []
+    assert synth.environment() == {
+        "MODEL_PROVIDER": "ollama",
+        "MODEL_ID": "llama3.1:8b",
+        "OLLAMA_ENDPOINT": "http://ollama.internal:11434",
+    }
+    assert len(synth.of_type("AWS::EC2::VPC")) == 1
+    platform = synth.one("AWS::ECS::TaskDefinition")["RuntimePlatform"]
+    assert platform["CpuArchitecture"] == "X86_64"
+
+
+def test_bedrock_stack_may_invoke_only_the_tested_model(synths: dict[str, Synth]) -> None:
+    synth = synths["bedrock"]
+    (statement,) = synth.task_role_statements()
+    assert statement["Effect"] == "Allow"
+    assert sorted(statement["Action"]) == BEDROCK_ACTIONS
+    assert resolve(statement["Resource"]) == (
+        "arn:${AWS::Partition}:bedrock:eu-west-1::foundation-model/"
+        "anthropic.claude-3-haiku-20240307-v1:0"
+    )
+    assert synth.environment() == {
+        "MODEL_PROVIDER": "bedrock",
+        "MODEL_ID": BEDROCK["modelId"],
+        "AWS_REGION": "eu-west-1",
+    }
+
+
+def test_bedrock_stack_uses_the_given_vpc_and_architecture(synths: dict[str, Synth]) -> None:
+    synth = synths["bedrock"]
+    assert synth.of_type("AWS::EC2::VPC") == {}  # looked up, not created
+    platform = synth.one("AWS::ECS::TaskDefinition")["RuntimePlatform"]
+    assert platform["CpuArchitecture"] == "ARM64"
+    assets = json.loads(next(synth.outdir.glob("*.assets.json")).read_text())
+    (image,) = assets["dockerImages"].values()
+    assert image["source"]["platform"] == "linux/arm64"
