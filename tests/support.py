@@ -19,6 +19,9 @@ from agenttest import devcluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "crds"
+MANIFESTS = ROOT / "manifests"
+SYSTEM_NAMESPACE = "agenttest-system"
+SERVICE_ACCOUNT = "agenttest-operator"
 
 
 class Kube:
@@ -176,3 +179,37 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def service_account_kubeconfig(cluster: devcluster.Cluster, path: Path, namespace: str) -> Path:
+    """A kubeconfig that authenticates with a fresh token for the operator's ServiceAccount."""
+    token = cluster.kubectl(
+        "create", "token", SERVICE_ACCOUNT, "-n", SYSTEM_NAMESPACE, "--duration=10m"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "agenttest",
+                "cluster": {"server": cluster.url, "certificate-authority-data": ca},
+            }
+        ],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": SERVICE_ACCOUNT,
+                "context": {
+                    "cluster": "agenttest",
+                    "user": SERVICE_ACCOUNT,
+                    "namespace": namespace,
+                },
+            }
+        ],
+        "current-context": SERVICE_ACCOUNT,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path

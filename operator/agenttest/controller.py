@@ -260,8 +260,12 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
         ):
             return status  # the last lines may still be on their way
         rt.progress.pop(execution_id, None)
+        if observation.timed_out:
+            return lifecycle.finish(status, Phase.TIMED_OUT, observation.reason, now)
         result = lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
-        phase, message = lifecycle.outcome(result, observation.exit_code, progress.last_line)
+        phase, message = lifecycle.outcome(
+            result, observation.exit_code, progress.last_line, observation.reason
+        )
         return lifecycle.finish(status, phase, message, now, result)
     if observation.state == ExecutionState.MISSING:
         rt.progress.pop(execution_id, None)

@@ -2,7 +2,7 @@
 
 It runs the genuine `etcd`, `kube-apiserver` and `kube-controller-manager`
 on loopback, on free ports, in a temporary directory, and removes all of it
-on stop. There is no kubelet: pods are never run here by Kubernetes itself.
+on stop. There is no kubelet: a test fixture plays the node where pods must run.
 
 Binaries are looked up, in order:
   1. `KUBEBUILDER_ASSETS` (the envtest layout: etcd, kube-apiserver, kubectl),
@@ -321,6 +321,10 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--disable-admission-plugins=ServiceAccount",
+                # pods/log and kubectl logs reach a node (the tests' stand-in kubelet)
+                # at its InternalIP; no kubelet CA is configured, so its serving
+                # certificate is not verified.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=0",
             ],
@@ -335,7 +339,8 @@ class Cluster:
             [
                 str(self.binaries.kube_controller_manager),
                 f"--kubeconfig={self.kubeconfig}",
-                "--controllers=garbagecollector,namespace,serviceaccount",
+                # job: the benchmark compares pod creation with the Job controller's.
+                "--controllers=garbagecollector,namespace,serviceaccount,job",
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--v=0",

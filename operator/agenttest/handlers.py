@@ -115,6 +115,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executors[Backend.LOCAL] = LocalExecutor(
             config.local_state_dir, config.local_pass_env, config.stop_grace_seconds
         )
+    from agenttest.backends.pod import PodExecutor
+
+    executors[Backend.POD] = PodExecutor(
+        config.runner_image, config.pod_runtime_class, config.stop_grace_seconds
+    )
     if config.fargate_subnets:
         from agenttest.backends.fargate import FargateConfig, FargateExecutor
 

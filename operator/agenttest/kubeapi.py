@@ -30,6 +30,10 @@ class Gone(Exception):
     """The object no longer exists (404)."""
 
 
+class Conflict(Exception):
+    """The object already exists (409)."""
+
+
 def load_config() -> None:
     """In a pod, the ServiceAccount; elsewhere, the kubeconfig (KUBECONFIG)."""
     from kubernetes import client, config
@@ -93,8 +97,19 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str]:
     return dict(config_map.data or {})
 
 
-class Conflict(Exception):
-    """The object already exists (409)."""
+async def create(function: Callable[..., T], namespace: str, body: dict[str, Any]) -> T:
+    """A namespaced create; `Conflict` if the object exists already."""
+    from kubernetes.client.exceptions import ApiException
+
+    def invoke() -> T:
+        try:
+            return function(namespace, body)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from error
+            raise
+
+    return await call(invoke)
 
 
 async def create_deployment_package(namespace: str, body: dict[str, Any]) -> dict[str, Any]:

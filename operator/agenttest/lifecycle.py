@@ -176,9 +176,9 @@ class HarnessResult:
 
 
 def outcome(
-    result: HarnessResult | None, exit_code: int | None, last_line: str
+    result: HarnessResult | None, exit_code: int | None, last_line: str, reason: str = ""
 ) -> tuple[Phase, str]:
-    """Decide the final phase from the harness result and the exit code."""
+    """Decide the final phase from the harness result, the exit code and why it ended."""
     if exit_code == EXIT_TIMED_OUT:
         return Phase.TIMED_OUT, (result.reason if result else "") or "the harness timed out"
     if result is not None:
@@ -189,8 +189,9 @@ def outcome(
         return Phase.FAILED, (result.reason or "the test failed") + detail
     if exit_code == 0:
         return Phase.ERROR, "the harness exited without a result line"
+    why = f" ({reason})" if reason else ""
     tail = f"; last output: {last_line}" if last_line else ""
-    return Phase.FAILED, f"the harness exited with code {exit_code} without a result{tail}"
+    return Phase.FAILED, f"the harness exited with code {exit_code}{why} without a result{tail}"
 
 
 def finish(

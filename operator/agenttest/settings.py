@@ -66,6 +66,10 @@ class Settings:
     fargate_config_bucket: str = ""
     # Seconds to wait for a stopped task to reach STOPPED.
     fargate_stop_timeout: float = 120.0
+    # Pod backend: the harness image (built from runner.Dockerfile) and an
+    # optional RuntimeClass (gVisor, Kata) for stronger isolation.
+    runner_image: str = "agenttest/runner:0.1.0"
+    pod_runtime_class: str = ""
     # Deployment packages of passing tests go to this bucket under the prefix;
     # without a bucket, passing tests get a Packaged=False condition instead.
     package_bucket: str = ""

@@ -43,6 +43,7 @@ from agenttest.backends.base import ExecutionKey
 from agenttest.modelserver import ScriptedModelServer
 
 from fargate import AwsEnvironment, FargatePlayer
+from kubelet import FakeKubelet
 from support import Operator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -392,6 +393,104 @@ def measure_packaging(cluster: devcluster.Cluster, work: Path, endpoint: str) ->
             operator.stop()
 
 
+class PodWatch:
+    """Arrival time of each pod's first watch event in a namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.first_seen: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self._watch = watch.Watch()
+        api = client.CoreV1Api()
+        stream = self._watch.stream(api.list_namespaced_pod, namespace, timeout_seconds=3600)
+
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                for event in stream:
+                    name = event["object"].metadata.name
+                    with self.lock:
+                        self.first_seen.setdefault(name, time.time())
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def wait(self, predicate: Any, timeout: float = 30) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                hits = [at for name, at in self.first_seen.items() if predicate(name)]
+            if hits:
+                return min(hits)
+            time.sleep(0.002)
+        raise RuntimeError("no pod appeared")
+
+    def stop(self) -> None:
+        self._watch.stop()
+
+
+def measure_pods(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict[str, Any]:
+    """AgentTest -> its Pod, beside Job -> its Pod (kube-controller-manager), and log latency."""
+    namespace = "bench-pods"
+    cluster.kubectl("create", "namespace", namespace)
+    with FakeKubelet(cluster.kubeconfig, namespaces=[namespace]):
+        operator = Operator(
+            cluster, namespace, work / "runs-pods", work / "operator-pods.log", max_running=60
+        ).start()
+        recorder, pods = Recorder(namespace), PodWatch(namespace)
+        batch = client.BatchV1Api()
+        try:
+            ours, jobs = [], []
+            for i in range(50):
+                name = f"pod-{i:02d}"
+                with pods.lock:
+                    known = set(pods.first_seen)
+                created_at = time.time()
+                create(namespace, manifest(name, QUICK_AGENT, endpoint, backend="pod"))
+                # The pod is named from the test's uid; any new pod is ours here.
+                seen = pods.wait(lambda n, known=known: n not in known)
+                ours.append(seen - created_at)
+                recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+            for i in range(50):
+                job = f"job-{i:02d}"
+                created_at = time.time()
+                batch.create_namespaced_job(
+                    namespace,
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "metadata": {"name": job},
+                        "spec": {
+                            "template": {
+                                "spec": {
+                                    "restartPolicy": "Never",
+                                    "containers": [
+                                        {"name": "c", "image": "busybox", "command": ["true"]}
+                                    ],
+                                }
+                            }
+                        },
+                    },
+                )
+                jobs.append(pods.wait(lambda n, j=job: n.startswith(j + "-")) - created_at)
+            names = [f"podtail-{i}" for i in range(3)]
+            for name in names:
+                create(namespace, manifest(name, TICKING_AGENT, endpoint, backend="pod"))
+                recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+            ours_p = percentiles(ours)
+            jobs_p = percentiles(jobs)
+            return {
+                "pods": {
+                    "agenttest_to_pod_seconds": ours_p,
+                    "job_to_pod_seconds": jobs_p,
+                    "p95_ratio_to_job_controller": round(ours_p["p95"] / jobs_p["p95"], 2),
+                    "log_latency_seconds": percentiles(tick_delays(names, recorder)),
+                    "targets": {"p95_seconds": 1.0, "log_p95_seconds": 2.0, "ratio": 1.5},
+                }
+            }
+        finally:
+            recorder.stop()
+            pods.stop()
+            operator.stop()
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="agenttest-bench-"))
     with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
@@ -413,6 +512,7 @@ def main() -> int:
         results.update(measure_memory(cluster, work, model.url))
         results.update(measure_fargate(cluster, work, model.url))
         results.update(measure_packaging(cluster, work, model.url))
+        results.update(measure_pods(cluster, work, model.url))
         results["targets"] = {
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,

@@ -20,13 +20,19 @@ import yaml
 from agenttest import devcluster
 from agenttest.modelserver import ScriptedModelServer
 
-from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test
+from support import (
+    MANIFESTS,
+    SERVICE_ACCOUNT,
+    SIMPLE_AGENT,
+    SYSTEM_NAMESPACE,
+    Kube,
+    Operator,
+    agent_test,
+    service_account_kubeconfig,
+)
 
 StartOperator = Callable[..., Operator]
 
-MANIFESTS = ROOT / "manifests"
-SYSTEM_NAMESPACE = "agenttest-system"
-SERVICE_ACCOUNT = "agenttest-operator"
 AS_OPERATOR = f"--as=system:serviceaccount:{SYSTEM_NAMESPACE}:{SERVICE_ACCOUNT}"
 
 
@@ -175,40 +181,6 @@ def test_sample_namespace_takes_the_runner_network_policy(
 # --------------------------------------------------------------------------
 # The RBAC is enough: the operator runs as its ServiceAccount
 # --------------------------------------------------------------------------
-
-
-def service_account_kubeconfig(cluster: devcluster.Cluster, path: Path, namespace: str) -> Path:
-    """A kubeconfig that authenticates with a fresh token for the operator's ServiceAccount."""
-    token = cluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", SYSTEM_NAMESPACE, "--duration=10m"
-    ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "agenttest",
-                "cluster": {"server": cluster.url, "certificate-authority-data": ca},
-            }
-        ],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": SERVICE_ACCOUNT,
-                "context": {
-                    "cluster": "agenttest",
-                    "user": SERVICE_ACCOUNT,
-                    "namespace": namespace,
-                },
-            }
-        ],
-        "current-context": SERVICE_ACCOUNT,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
 
 
 def kubectl_with(

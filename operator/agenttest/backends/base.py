@@ -53,6 +53,9 @@ class Observation:
     # True when the execution died of something other than the test itself
     # (lost capacity, an evicted pod, a killed host): retried, never Failed.
     infra_failure: bool = False
+    # True when the backend itself ended it for running too long (a pod's
+    # activeDeadlineSeconds): the test timed out rather than failed.
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,321 @@
+"""The pod backend: the harness as a Pod in the test's own namespace.
+
+One Pod and one ConfigMap (the harness configuration, mounted read-only) per
+execution, both named from the ExecutionKey and owned by the AgentTest, so a
+create repeated after a restart meets AlreadyExists and adopts, and deleting
+the test garbage-collects whatever is left. The pod is built for running a
+stranger's code: the restricted Pod Security profile, a read-only root, no
+service account token, no service links, limits, a deadline, and labels the
+NetworkPolicy in manifests/ selects to limit egress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from agenttest import kubeapi
+from agenttest.backends.base import (
+    ExecutionState,
+    LaunchRequest,
+    LogChunk,
+    Observation,
+)
+from agenttest.models import API_VERSION, Backend
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "config.json"
+CONFIG_MOUNT = "/etc/agenttest"
+WORK_DIR = "/tmp/work"
+RUNNER_UID = 10001
+# The pod's own deadline is the test's timeout plus this margin: the operator
+# stops it first; the kubelet's deadline is the backstop if the operator is down.
+DEADLINE_MARGIN_SECONDS = 30
+CONTAINER = "harness"
+WAITING_PROBLEMS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+)
+
+
+def labels(request: LaunchRequest) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": "agenttest-operator",
+        "agenttest.dev/role": "runner",
+        "agenttest.dev/test": request.test_name[:63],
+        "agenttest.dev/uid": request.key.uid,
+        "agenttest.dev/attempt": str(request.key.attempt),
+    }
+
+
+def owner(request: LaunchRequest) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AgentTest",
+        "name": request.test_name,
+        "uid": request.key.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def config_map_manifest(request: LaunchRequest) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": request.key.name,
+            "namespace": request.namespace,
+            "labels": labels(request),
+            "ownerReferences": [owner(request)],
+        },
+        "data": {CONFIG_KEY: json.dumps(request.harness_config)},
+    }
+
+
+def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") -> dict[str, Any]:
+    """The Pod for one execution (pure: unit-tested, and what the fixture runs)."""
+    resources = {"cpu": request.cpu, "memory": request.memory}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "activeDeadlineSeconds": request.timeout_seconds + DEADLINE_MARGIN_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER,
+                "image": image,
+                "args": ["--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}", "--workdir", WORK_DIR],
+                "workingDir": WORK_DIR,
+                "env": [
+                    {"name": "PYTHONUNBUFFERED", "value": "1"},
+                    {"name": "HOME", "value": "/tmp"},
+                ],
+                "resources": {"requests": resources, "limits": resources},
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "work", "mountPath": WORK_DIR},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "config", "configMap": {"name": request.key.name}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "work", "emptyDir": {}},
+        ],
+    }
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": request.key.name,
+            "namespace": request.namespace,
+            "labels": labels(request),
+            "ownerReferences": [owner(request)],
+        },
+        "spec": spec,
+    }
+
+
+def pod_observation(pod: dict[str, Any]) -> Observation:
+    """What a pod's status means for the test (pure)."""
+    status = pod.get("status") or {}
+    phase = status.get("phase", "Pending")
+    containers = status.get("containerStatuses") or [{}]
+    state = containers[0].get("state") or {}
+    if status.get("reason") == "Evicted":
+        return Observation(
+            ExecutionState.MISSING,
+            reason=f"pod evicted: {status.get('message')}",
+            infra_failure=True,
+        )
+    if phase == "Pending":
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason"):
+            return Observation(
+                ExecutionState.STARTING,
+                reason=f"{waiting['reason']}: {waiting.get('message', '')}".strip(),
+            )
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                return Observation(
+                    ExecutionState.STARTING,
+                    reason=f"{condition.get('reason')}: {condition.get('message')}",
+                )
+        return Observation(ExecutionState.STARTING, reason="pod Pending")
+    if phase in ("Succeeded", "Failed"):
+        terminated = state.get("terminated") or {}
+        if status.get("reason") == "DeadlineExceeded":
+            return Observation(
+                ExecutionState.EXITED,
+                exit_code=terminated.get("exitCode"),
+                reason="DeadlineExceeded: " + str(status.get("message", "")),
+                timed_out=True,
+            )
+        reason = str(terminated.get("reason") or "")
+        return Observation(
+            ExecutionState.EXITED,
+            exit_code=terminated.get("exitCode"),
+            reason=reason if reason not in ("Completed", "Error") else "",
+        )
+    return Observation(ExecutionState.RUNNING)
+
+
+def _nanos(stamp: str) -> int:
+    """RFC3339(Nano) -> integer nanoseconds; kubelets trim trailing zeros, so no string compare."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    whole = datetime.datetime.fromisoformat(seconds).replace(tzinfo=datetime.UTC)
+    return int(whole.timestamp()) * 10**9 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def split_timestamped(text: str, cursor: str | None) -> tuple[list[str], str | None]:
+    """Lines after the cursor from a `timestamps=true` log, and the new cursor.
+
+    The cursor is `<nanoseconds>:<lines read with that timestamp>`, so a read
+    that starts early (sinceSeconds is coarse) repeats nothing, and a burst of
+    lines sharing one timestamp loses nothing.
+    """
+    last, count = (int(part) for part in cursor.split(":")) if cursor else (-1, 0)
+    skip = count
+    lines = []
+    for raw in text.splitlines():
+        stamp, _, line = raw.partition(" ")
+        try:
+            at = _nanos(stamp)
+        except ValueError:
+            continue
+        if at < last:
+            continue
+        if at == last and skip > 0:
+            skip -= 1
+            continue
+        lines.append(line)
+        if at == last:
+            count += 1
+        else:
+            last, count, skip = at, 1, 0
+    return lines, (f"{last}:{count}" if last >= 0 else cursor)
+
+
+class PodExecutor:
+    kind = Backend.POD
+    # A terminated container's log is complete: nothing arrives late.
+    log_grace_seconds = 0.0
+
+    def __init__(
+        self,
+        image: str,
+        runtime_class: str = "",
+        stop_grace: float = 5.0,
+        stop_timeout: float = 60.0,
+    ) -> None:
+        self.image = image
+        self.runtime_class = runtime_class
+        self.stop_grace = stop_grace
+        self.stop_timeout = stop_timeout
+
+    @staticmethod
+    def _api() -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api()
+
+    @staticmethod
+    def _split(execution_id: str) -> tuple[str, str]:
+        namespace, _, name = execution_id.partition("/")
+        return namespace, name
+
+    async def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        api = self._api()
+        try:
+            pod = await kubeapi.call(api.read_namespaced_pod, name, namespace)
+        except kubeapi.Gone:
+            return None
+        return dict(api.api_client.sanitize_for_serialization(pod))
+
+    async def launch(self, request: LaunchRequest) -> str:
+        api = self._api()
+        execution_id = f"{request.namespace}/{request.key.name}"
+        for create, body in (
+            (api.create_namespaced_config_map, config_map_manifest(request)),
+            (api.create_namespaced_pod, pod_manifest(request, self.image, self.runtime_class)),
+        ):
+            with contextlib.suppress(kubeapi.Conflict):  # created before a restart: adopt
+                await kubeapi.create(create, request.namespace, body)
+        return execution_id
+
+    async def observe(self, execution_id: str) -> Observation:
+        pod = await self._read_pod(*self._split(execution_id))
+        if pod is None:
+            return Observation(
+                ExecutionState.MISSING, reason="the pod was deleted", infra_failure=True
+            )
+        return pod_observation(pod)
+
+    async def read_logs(self, execution_id: str, cursor: str | None) -> LogChunk:
+        namespace, name = self._split(execution_id)
+        arguments: dict[str, Any] = {"container": CONTAINER, "timestamps": True}
+        if cursor:
+            # sinceTime is not in the client; sinceSeconds with a margin starts a
+            # little early and the cursor drops what was already read.
+            age = time.time() - int(cursor.split(":")[0]) / 1e9
+            arguments["since_seconds"] = max(1, math.ceil(age) + 5)
+        api = self._api()
+        try:
+            text = await kubeapi.call(
+                lambda: api.read_namespaced_pod_log(name, namespace, **arguments)
+            )
+        except kubeapi.Gone:
+            return LogChunk([], cursor)
+        except Exception as error:
+            # 400 while the container is still being created: nothing to read yet.
+            if getattr(error, "status", None) == 400:
+                return LogChunk([], cursor)
+            raise
+        lines, new_cursor = split_timestamped(str(text), cursor)
+        return LogChunk(lines, new_cursor)
+
+    async def stop(self, execution_id: str, reason: str) -> None:
+        namespace, name = self._split(execution_id)
+        api = self._api()
+        grace = max(0, round(self.stop_grace))
+        for delete in (api.delete_namespaced_pod, api.delete_namespaced_config_map):
+            with contextlib.suppress(kubeapi.Gone):
+                await kubeapi.call(lambda d=delete: d(name, namespace, grace_period_seconds=grace))
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline:
+            if await self._read_pod(namespace, name) is None:
+                return
+            await asyncio.sleep(0.2)
+        logger.warning("pod %s still exists %.0fs after deletion", execution_id, self.stop_timeout)
+
+    async def cleanup(self, execution_id: str) -> None:
+        await self.stop(execution_id, "AgentTest deleted")

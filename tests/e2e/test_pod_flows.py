@@ -1,0 +1,190 @@
+"""AgentTests on the pod backend: kubectl -> operator -> Pod -> (stand-in kubelet) -> status.
+
+No kubelet can run here; FakeKubelet registers a Node, binds and runs the
+pods, reports their status through the API server and serves their logs at
+the node's address, so `pods/log` and `kubectl logs` go through the real API
+server. The namespace enforces the restricted Pod Security profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agenttest import devcluster
+from agenttest.modelserver import ScriptedModelServer
+
+from kubelet import FakeKubelet
+from support import (
+    MANIFESTS,
+    SIMPLE_AGENT,
+    Kube,
+    Operator,
+    agent_test,
+    service_account_kubeconfig,
+)
+
+StartOperator = Callable[..., Operator]
+
+SLEEPER = """
+import time
+from strands import Agent
+print("agent imported; sleeping", flush=True)
+time.sleep(300)
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+@pytest.fixture
+def restricted(kube: Kube) -> Kube:
+    kube.cluster.kubectl(
+        "label", "namespace", kube.namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    return kube
+
+
+@pytest.fixture
+def kubelet(cluster: devcluster.Cluster, restricted: Kube) -> Iterator[FakeKubelet]:
+    with FakeKubelet(cluster.kubeconfig, namespaces=[restricted.namespace]) as node:
+        yield node
+
+
+def on_pod(name: str, source: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    return agent_test(name, source, endpoint, backend="pod", **spec)
+
+
+def runner_pods(kube: Kube, test: str) -> list[dict[str, Any]]:
+    pods = kube.get_all("pods")
+    return [p for p in pods if p["metadata"].get("labels", {}).get("agenttest.dev/test") == test]
+
+
+def config_maps(kube: Kube, test: str) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in kube.get_all("configmaps")
+        if c["metadata"].get("labels", {}).get("agenttest.dev/test") == test
+    ]
+
+
+def test_pod_test_succeeds_and_kubectl_logs_shows_the_harness(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    start_operator()
+    kube.apply(on_pod("in-pod", SIMPLE_AGENT, model_server.url))
+    status = kube.wait_for_phase("in-pod", "Succeeded", "Failed", "Error", "TimedOut")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "case greets: PASS" in status["logTail"]
+    assert status["cases"][0]["passed"] is True
+    [pod] = runner_pods(kube, "in-pod")
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "AgentTest"
+    logs = kube.run("logs", pod["metadata"]["name"]).stdout
+    assert "case greets: PASS" in logs
+    assert logs.strip().splitlines()[-1].startswith("::agenttest:: ")
+
+
+def test_timeout_cancel_and_deletion_remove_pod_and_config_map(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    start_operator(stop_grace_seconds=1)
+    kube.apply(
+        on_pod("slow", SLEEPER, model_server.url, timeoutSeconds=4),
+        on_pod("cancel-me", SLEEPER, model_server.url),
+        on_pod("delete-me", SLEEPER, model_server.url),
+    )
+    for name in ("cancel-me", "delete-me"):
+        kube.wait_for(
+            f"{name} to run",
+            lambda n=name: any(
+                "agent imported" in line
+                for p in runner_pods(kube, n)
+                for line in kubelet.output(kube.namespace, p["metadata"]["name"])
+            ),
+        )
+    kube.patch("cancel-me", {"spec": {"cancel": True}})
+    kube.run("delete", "agenttest", "delete-me", "--wait=false")
+
+    assert (
+        kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded")["status"]["phase"]
+        == "TimedOut"
+    )
+    assert kube.wait_for_phase("cancel-me", "Cancelled", "Failed")["status"]["phase"] == "Cancelled"
+    kube.wait_for(
+        "delete-me to be gone",
+        lambda: "delete-me" not in [t["metadata"]["name"] for t in kube.get_all()],
+    )
+    for name in ("slow", "cancel-me", "delete-me"):
+        kube.wait_for(
+            f"{name}'s pod and config map to be gone",
+            lambda n=name: not runner_pods(kube, n) and not config_maps(kube, n),
+        )
+    assert len(kubelet.pods()) == 3
+    assert all(kubelet.killed(ns, name) for ns, name in kubelet.pods())
+
+
+def test_a_pod_stuck_pending_says_why(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    kubelet.hold_pending()
+    start_operator()
+    kube.apply(on_pod("stuck", SIMPLE_AGENT, model_server.url))
+    kube.wait_for(
+        "the reason to show",
+        lambda: "Unschedulable" in (kube.get("stuck").get("status", {}).get("message") or ""),
+    )
+    assert kube.get("stuck")["status"]["phase"] == "Building"
+    kubelet.release()
+    assert kube.wait_for_phase("stuck", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+
+
+def test_operator_killed_after_pod_creation_yields_one_pod(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    operator = start_operator()
+    kube.apply(on_pod("once", SIMPLE_AGENT, model_server.url))
+    kube.wait_for("the pod", lambda: runner_pods(kube, "once"))
+    operator.kill()
+    start_operator()
+    assert kube.wait_for_phase("once", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+    assert len(runner_pods(kube, "once")) == 1
+    assert len(kubelet.pods()) == 1
+
+
+def test_operator_with_only_its_service_account_runs_pod_tests(
+    cluster: devcluster.Cluster,
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    kube = restricted
+    cluster.kubectl("apply", "-k", str(MANIFESTS))
+    as_operator = service_account_kubeconfig(cluster, tmp_path / "sa.kubeconfig", kube.namespace)
+    operator = start_operator(kubeconfig=as_operator)
+    kube.apply(on_pod("least-privilege", SIMPLE_AGENT, model_server.url))
+    status = kube.wait_for_phase("least-privilege", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    kube.run("delete", "agenttest", "least-privilege", "--timeout=60s")
+    assert not runner_pods(kube, "least-privilege")
+    assert "forbidden" not in operator.log().lower()
