@@ -97,5 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     return devcluster.main(rest)
 
 
+def kubectl_plugin() -> int:
+    """`kubectl agenttest download|url NAME`: kubectl finds `kubectl-agenttest` on PATH."""
+    return main(["package", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -110,6 +110,21 @@ def test_passing_test_yields_a_package_in_s3(
     assert "verified" in fetched.stdout
     url = cli("url", "ships-a1", "--expires", "2h")
     assert url.returncode == 0 and spec["key"] in url.stdout and "X-Amz-Expires=7200" in url.stdout
+    plugin = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubectl-agenttest"),
+            "url",
+            "ships-a1",
+            "-n",
+            kube.namespace,
+        ],
+        env={**os.environ, **aws.env(), "KUBECONFIG": str(kube.cluster.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plugin.returncode == 0 and spec["key"] in plugin.stdout, plugin.stderr
     too_long = cli("url", "ships-a1", "--expires", "8d")
     assert too_long.returncode != 0 and "7d" in too_long.stderr
 
