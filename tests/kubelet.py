@@ -442,12 +442,24 @@ class FakeKubelet:
         not pass silently).
         """
         self._stopping.set()
+        # First the watches, the heartbeat and the log server: no pod is
+        # taken on after this.
         with self._lock:
             watches = list(self._watches)
-            runs = list(self._runs.values())
         for response in watches:
             with contextlib.suppress(Exception):
                 response.shutdown()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        # Then the pods: each run sees the shutdown, kills its process and
+        # reports it.
+        with self._lock:
+            runs = list(self._runs.values())
         for run in runs:
             run.wake.set()
             with run.changed:
@@ -458,13 +470,6 @@ class FakeKubelet:
             if run.process is not None and run.process.poll() is None:
                 _signal_group(run.process.pid, signal.SIGKILL)
                 run.process.wait(timeout=5)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        for thread in self._threads:
-            thread.join(timeout=10)
-        self._threads.clear()
         if self._started:
             self._started = False
             try:
@@ -994,7 +999,8 @@ class FakeKubelet:
         with self._lock:
             run = self._runs.get(uid)
             if run is None and not metadata.get("deletionTimestamp") and phase not in TERMINAL:
-                run = self._adopt(pod)
+                if not self._stopping.is_set():
+                    self._adopt(pod)
                 return
         if run is None:
             # Deleted (or finished) before this kubelet took it on.
