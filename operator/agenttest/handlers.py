@@ -124,20 +124,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         from agenttest.backends.fargate import FargateConfig, FargateExecutor
 
         executors[Backend.FARGATE] = FargateExecutor(
-            FargateConfig(
-                cluster=config.fargate_cluster,
-                task_definition=config.fargate_task_definition,
-                container=config.fargate_container,
-                subnets=config.fargate_subnets,
-                security_groups=config.fargate_security_groups,
-                assign_public_ip=config.fargate_assign_public_ip,
-                use_spot=config.fargate_use_spot,
-                log_group=config.fargate_log_group,
-                log_stream_prefix=config.fargate_log_stream_prefix,
-                config_bucket=config.fargate_config_bucket,
-                stop_timeout=config.fargate_stop_timeout,
-            ),
-            min_log_interval=config.poll_interval,
+            FargateConfig.from_settings(config), min_log_interval=config.poll_interval
         )
     memo["runtime"] = controller.Runtime(
         settings=config,

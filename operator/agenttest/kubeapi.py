@@ -68,7 +68,7 @@ def _custom_objects() -> Any:
     return client.CustomObjectsApi()
 
 
-async def patch_agenttest_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+async def _patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
     """A JSON merge patch of .status (None values remove keys)."""
     api = _custom_objects()
     await call(
@@ -76,10 +76,14 @@ async def patch_agenttest_status(namespace: str, name: str, status: dict[str, An
         GROUP,
         VERSION,
         namespace,
-        AGENTTEST_PLURAL,
+        plural,
         name,
         {"status": status},
     )
+
+
+async def patch_agenttest_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    await _patch_status(AGENTTEST_PLURAL, namespace, name, status)
 
 
 async def delete_agenttest(namespace: str, name: str) -> None:
@@ -114,21 +118,14 @@ async def create(function: Callable[..., T], namespace: str, body: dict[str, Any
 
 async def create_deployment_package(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     """Create a DeploymentPackage; `Conflict` if one of that name exists."""
-    from kubernetes.client.exceptions import ApiException
-
     api = _custom_objects()
 
-    def create() -> dict[str, Any]:
-        try:
-            return dict(
-                api.create_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, body)
-            )
-        except ApiException as error:
-            if error.status == 409:
-                raise Conflict(str(error.reason)) from error
-            raise
+    def create_object(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            api.create_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, body)
+        )
 
-    return await call(create)
+    return await create(create_object, namespace, body)
 
 
 async def get_deployment_package(namespace: str, name: str) -> dict[str, Any]:
@@ -143,13 +140,4 @@ async def get_deployment_package(namespace: str, name: str) -> dict[str, Any]:
 async def patch_deployment_package_status(
     namespace: str, name: str, status: dict[str, Any]
 ) -> None:
-    api = _custom_objects()
-    await call(
-        api.patch_namespaced_custom_object_status,
-        GROUP,
-        VERSION,
-        namespace,
-        PACKAGE_PLURAL,
-        name,
-        {"status": status},
-    )
+    await _patch_status(PACKAGE_PLURAL, namespace, name, status)

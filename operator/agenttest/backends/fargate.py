@@ -30,6 +30,7 @@ from agenttest.backends.base import (
 )
 from agenttest.models import Backend
 from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV
+from agenttest.settings import Settings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,6 +115,22 @@ class FargateConfig:
     log_stream_prefix: str
     config_bucket: str = ""
     stop_timeout: float = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FargateConfig:
+        return cls(
+            cluster=settings.fargate_cluster,
+            task_definition=settings.fargate_task_definition,
+            container=settings.fargate_container,
+            subnets=settings.fargate_subnets,
+            security_groups=settings.fargate_security_groups,
+            assign_public_ip=settings.fargate_assign_public_ip,
+            use_spot=settings.fargate_use_spot,
+            log_group=settings.fargate_log_group,
+            log_stream_prefix=settings.fargate_log_stream_prefix,
+            config_bucket=settings.fargate_config_bucket,
+            stop_timeout=settings.fargate_stop_timeout,
+        )
 
 
 class FargateExecutor:
