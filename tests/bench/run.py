@@ -131,7 +131,7 @@ class Recorder:
             GROUP,
             VERSION,
             self.namespace,
-            PLURAL,
+            self.plural,
             timeout_seconds=3600,
         )
         with contextlib.suppress(Exception):  # the server goes away at the end of the run
@@ -491,6 +491,12 @@ def measure_pods(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict
             operator.stop()
 
 
+def record(results: dict[str, Any], section: dict[str, Any]) -> None:
+    """Keep a section's figures, and show them at once: a later failure keeps them."""
+    results.update(section)
+    print(json.dumps(section), file=sys.stderr, flush=True)
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="agenttest-bench-"))
     with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
@@ -504,15 +510,15 @@ def main() -> int:
         recorder = Recorder(namespace)
         try:
             results: dict[str, Any] = {}
-            results.update(measure_start_and_writes(namespace, work / "runs", model.url, recorder))
-            results.update(measure_log_tail(namespace, model.url, recorder))
+            record(results, measure_start_and_writes(namespace, work / "runs", model.url, recorder))
+            record(results, measure_log_tail(namespace, model.url, recorder))
         finally:
             recorder.stop()
             operator.stop()
-        results.update(measure_memory(cluster, work, model.url))
-        results.update(measure_fargate(cluster, work, model.url))
-        results.update(measure_packaging(cluster, work, model.url))
-        results.update(measure_pods(cluster, work, model.url))
+        record(results, measure_memory(cluster, work, model.url))
+        record(results, measure_fargate(cluster, work, model.url))
+        record(results, measure_packaging(cluster, work, model.url))
+        record(results, measure_pods(cluster, work, model.url))
         results["targets"] = {
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,
