@@ -247,7 +247,12 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
     execution_id = status.execution.id
     # Observe before reading: an execution seen exited has all its output written.
     observation = await executor.observe(execution_id)
-    progress = await _read_all(rt, executor, execution_id)
+    if observation.state == ExecutionState.STARTING:
+        # Not started yet (provisioning, pulling, scheduling): no output to read,
+        # and log reads are rationed (CloudWatch Logs is rate-limited).
+        progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
+    else:
+        progress = await _read_all(rt, executor, execution_id)
     status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
     now = rt.clock()
 

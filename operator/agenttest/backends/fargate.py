@@ -288,33 +288,26 @@ class FargateExecutor:
             "logStreamName": self._stream(execution_id),
             "startFromHead": True,
         }
-        token = cursor
-        for _ in range(3):  # empty pages may still be followed by events
-            if token:
-                arguments["nextToken"] = token
-            try:
-                page = await self._call("logs", "get_log_events", **arguments)
-            except Exception as error:
-                code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-                if code == "ResourceNotFoundException":
-                    return LogChunk([], cursor)  # the stream appears with the first line
-                if code in THROTTLED:
-                    backoff = min(MAX_LOG_BACKOFF, self._log_backoff.get(execution_id, 0.5) * 2)
-                    self._log_backoff[execution_id] = backoff
-                    self._log_not_before[execution_id] = time.monotonic() + backoff
-                    logger.info("CloudWatch Logs throttled; next read in %.0fs", backoff)
-                    return LogChunk([], cursor, throttled=True)
-                raise
-            self._log_backoff.pop(execution_id, None)
-            lines = [e["message"].rstrip("\n") for e in page.get("events", [])]
-            next_token = page.get("nextForwardToken")
-            if lines:
-                # A full page means more is waiting: the controller reads again.
-                return LogChunk(lines, next_token, more=len(lines) >= 10000)
-            if not next_token or next_token == token:
-                return LogChunk([], token)
-            token = next_token
-        return LogChunk([], token)
+        if cursor:
+            arguments["nextToken"] = cursor
+        try:
+            page = await self._call("logs", "get_log_events", **arguments)
+        except Exception as error:
+            code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                return LogChunk([], cursor)  # the stream appears with the first line
+            if code in THROTTLED:
+                backoff = min(MAX_LOG_BACKOFF, self._log_backoff.get(execution_id, 0.5) * 2)
+                self._log_backoff[execution_id] = backoff
+                self._log_not_before[execution_id] = time.monotonic() + backoff
+                logger.info("CloudWatch Logs throttled; next read in %.0fs", backoff)
+                return LogChunk([], cursor, throttled=True)
+            raise
+        self._log_backoff.pop(execution_id, None)
+        lines = [event["message"].rstrip("\n") for event in page.get("events", [])]
+        # An empty page can still carry a new token with events behind it; the
+        # token is kept and the next read (one per interval) continues there.
+        return LogChunk(lines, page.get("nextForwardToken") or cursor)
 
     # -- stopping ---------------------------------------------------------------
 
