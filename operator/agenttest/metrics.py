@@ -7,7 +7,7 @@ import logging
 from prometheus_client import Counter, Histogram, start_http_server
 
 from agenttest.lifecycle import parse_timestamp
-from agenttest.models import AgentTestStatus, Phase
+from agenttest.models import AgentTestStatus
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,3 @@ def serve(port: int) -> None:
         start_http_server(port)
     except OSError as error:  # a busy port must not stop the operator
         logger.warning("metrics endpoint not started on port %d: %s", port, error)
-
-
-__all__ = ["STATUS_WRITES", "Phase", "record_transition", "serve"]
