@@ -40,61 +40,29 @@ from kubernetes import client, config, watch
 
 from agenttest import devcluster
 from agenttest.backends.base import ExecutionKey
+from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
 from agenttest.modelserver import ScriptedModelServer
 
 from fargate import AwsEnvironment, FargatePlayer
 from kubelet import FakeKubelet
-from support import Operator
+from support import SIMPLE_AGENT, Operator, agent_test
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "agenttest.dev", "v1alpha1", "agenttests"
+PLURAL = AGENTTEST_PLURAL
 
-QUICK_AGENT = """
-from strands import Agent
 
-def agent(model):
-    return Agent(model=model)
-"""
-
-TICKING_AGENT = """
+def ticking_agent(lines: int, every: float) -> str:
+    """An agent whose module prints `tick N <its own time>` lines, for log latency."""
+    return f"""
 import time
-for n in range(20):
-    print(f"tick {n} {time.time():.6f}", flush=True)
-    time.sleep(0.25)
-
-from strands import Agent
-
-def agent(model):
-    return Agent(model=model)
-"""
-
-
-SLOW_TICKING_AGENT = """
-import time
-for n in range(40):
-    print(f"tick {n} {time.time():.6f}", flush=True)
-    time.sleep(0.5)
-
-from strands import Agent
-
-def agent(model):
-    return Agent(model=model)
-"""
+for n in range({lines}):
+    print(f"tick {{n}} {{time.time():.6f}}", flush=True)
+    time.sleep({every})
+{SIMPLE_AGENT}"""
 
 
 def manifest(name: str, source: str, endpoint: str, backend: str = "local") -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "AgentTest",
-        "metadata": {"name": name},
-        "spec": {
-            "agent": {"source": {"inline": source}},
-            "model": {"provider": "ollama", "modelId": "scripted", "endpoint": endpoint},
-            "cases": [{"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}}],
-            "backend": backend,
-            "timeoutSeconds": 60,
-        },
-    }
+    return agent_test(name, source, endpoint, backend=backend, timeoutSeconds=60)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -171,7 +139,7 @@ def measure_start_and_writes(
     for i in range(count):
         name = f"start-{i:02d}"
         created_at = time.time()
-        uid = create(namespace, manifest(name, QUICK_AGENT, endpoint))["metadata"]["uid"]
+        uid = create(namespace, manifest(name, SIMPLE_AGENT, endpoint))["metadata"]["uid"]
         pid_file = state_dir / ExecutionKey(uid, 1).name / "pid"
         deadline = time.monotonic() + 30
         while not pid_file.exists():
@@ -216,7 +184,7 @@ def tick_delays(names: list[str], recorder: Recorder) -> list[float]:
 def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[str, Any]:
     names = [f"tail-{i}" for i in range(3)]
     for name in names:
-        create(namespace, manifest(name, TICKING_AGENT, endpoint))
+        create(namespace, manifest(name, ticking_agent(20, 0.25), endpoint))
         recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
     return {"log_tail_latency_seconds": percentiles(tick_delays(names, recorder))}
 
@@ -242,7 +210,7 @@ def measure_fargate(cluster: devcluster.Cluster, work: Path, endpoint: str) -> d
             for i in range(50):
                 name = f"launch-{i:02d}"
                 created_at = time.time()
-                create(namespace, manifest(name, QUICK_AGENT, endpoint, backend="fargate"))
+                create(namespace, manifest(name, SIMPLE_AGENT, endpoint, backend="fargate"))
                 [arn] = player.wait_for_tasks(i + 1, timeout=30)[i:]
                 task = ecs.describe_tasks(cluster=aws.cluster, tasks=[arn])["tasks"][0]
                 overheads.append(task["createdAt"].timestamp() - created_at)
@@ -251,7 +219,7 @@ def measure_fargate(cluster: devcluster.Cluster, work: Path, endpoint: str) -> d
             calls_before = player.count_calls("logs", "GetLogEvents")
             names = [f"logs-{i}" for i in range(3)]
             for name in names:
-                create(namespace, manifest(name, SLOW_TICKING_AGENT, endpoint, "fargate"))
+                create(namespace, manifest(name, ticking_agent(40, 0.5), endpoint, "fargate"))
             for name in names:
                 recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
             calls = player.count_calls("logs", "GetLogEvents") - calls_before
@@ -307,7 +275,7 @@ def measure_memory(
     try:
         began = time.monotonic()
         for i in range(count):
-            create(namespace, manifest(f"m-{i:03d}", QUICK_AGENT, endpoint))
+            create(namespace, manifest(f"m-{i:03d}", SIMPLE_AGENT, endpoint))
         api = client.CustomObjectsApi()
         while True:
             items = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
@@ -443,7 +411,7 @@ def measure_pods(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict
                 with pods.lock:
                     known = set(pods.first_seen)
                 created_at = time.time()
-                create(namespace, manifest(name, QUICK_AGENT, endpoint, backend="pod"))
+                create(namespace, manifest(name, SIMPLE_AGENT, endpoint, backend="pod"))
                 # The pod is named from the test's uid; any new pod is ours here.
                 seen = pods.wait(lambda n, known=known: n not in known)
                 ours.append(seen - created_at)
@@ -472,7 +440,7 @@ def measure_pods(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict
                 jobs.append(pods.wait(lambda n, j=job: n.startswith(j + "-")) - created_at)
             names = [f"podtail-{i}" for i in range(3)]
             for name in names:
-                create(namespace, manifest(name, TICKING_AGENT, endpoint, backend="pod"))
+                create(namespace, manifest(name, ticking_agent(20, 0.25), endpoint, backend="pod"))
                 recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
             ours_p = percentiles(ours)
             jobs_p = percentiles(jobs)
