@@ -1,0 +1,310 @@
+"""The scripted model server's Bedrock Runtime side, exercised through botocore and strands.
+
+botocore is the client that matters (strands' BedrockModel is built on it), so the
+tests talk to the server through a real ``bedrock-runtime`` client; the event-stream
+framing is checked by botocore's own parser, never by a decoder of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.eventstream import EventStreamBuffer
+from botocore.exceptions import ClientError
+from strands import Agent, tool
+from strands.models.bedrock import BedrockModel
+
+from agenttest.modelserver import (
+    EVENT_STREAM_CONTENT_TYPE,
+    ScriptedModelServer,
+    choose_bedrock_reply,
+    encode_event,
+    parse_rules,
+)
+
+REGION = "us-east-1"
+AGENT_KEY = "AKIDSCRIPTEDAGENT"
+# Model ids carry ':' and '/', which botocore percent-encodes into one path segment.
+MODEL_ID = "us.anthropic.claude-sonnet-4-20250514-v1:0"
+PROFILE_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/scripted"
+
+SCRIPT: list[dict[str, Any]] = [
+    {
+        "match": r"order",
+        "toolCall": {"name": "order_status", "arguments": {"order_id": "A-17"}},
+        "reply": "Order status: {tool_result}",
+    },
+    {"match": r"hello", "reply": "Hello! I am a scripted model, happy to help."},
+]
+GREETING = "Hello! I am a scripted model, happy to help."
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer.from_script(SCRIPT) as running:
+        yield running
+
+
+def bedrock_client(server: ScriptedModelServer) -> BaseClient:
+    # No retries: a failure should show up as itself, not as a slow test.
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=server.url,
+        region_name=REGION,
+        aws_access_key_id=AGENT_KEY,
+        aws_secret_access_key="scripted-agent-secret",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"text": text}]}
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+# --------------------------------------------------------------------------- script logic
+
+
+def test_tool_results_in_the_last_user_message_bring_the_final_answer() -> None:
+    rules = parse_rules(SCRIPT)
+    tool_use = {"toolUseId": "t1", "name": "order_status", "input": {"order_id": "A-17"}}
+    result = {"toolUseId": "t1", "status": "success", "content": [{"text": "shipped"}]}
+    messages = [
+        user("where is my order?"),
+        {"role": "assistant", "content": [{"toolUse": tool_use}]},
+        {"role": "user", "content": [{"toolResult": result}]},
+    ]
+
+    first = choose_bedrock_reply(rules, messages[:1])
+    assert first.tool_call is not None and first.tool_call.name == "order_status"
+    final = choose_bedrock_reply(rules, messages)
+    assert (final.text, final.tool_call) == ("Order status: shipped", None)
+
+
+def test_json_tool_results_are_quoted_as_json() -> None:
+    result = {"toolUseId": "t1", "content": [{"json": {"state": "shipped"}}]}
+    messages = [user("my order"), {"role": "user", "content": [{"toolResult": result}]}]
+    reply = choose_bedrock_reply(parse_rules(SCRIPT), messages)
+    assert reply.text == 'Order status: {"state": "shipped"}'
+
+
+# --------------------------------------------------------------------------- Converse
+
+
+def test_converse_answers_text_with_usage(server: ScriptedModelServer) -> None:
+    response = bedrock_client(server).converse(
+        modelId=MODEL_ID,
+        system=[{"text": "Be brief."}],
+        messages=[user("hello there")],
+        inferenceConfig={"maxTokens": 100},
+    )
+
+    assert response["output"]["message"] == {"role": "assistant", "content": [{"text": GREETING}]}
+    assert response["stopReason"] == "end_turn"
+    # Words of the system prompt and the message; one output token per streamed word.
+    assert response["usage"] == {"inputTokens": 4, "outputTokens": 9, "totalTokens": 13}
+    assert response["metrics"]["latencyMs"] >= 0
+
+
+def test_converse_asks_for_the_tool_with_a_stable_id(server: ScriptedModelServer) -> None:
+    client = bedrock_client(server)
+    first = client.converse(modelId=MODEL_ID, messages=[user("where is my order?")])
+    again = client.converse(modelId=MODEL_ID, messages=[user("where is my order?")])
+
+    assert first["stopReason"] == "tool_use"
+    [block] = first["output"]["message"]["content"]
+    tool_use = block["toolUse"]
+    assert (tool_use["name"], tool_use["input"]) == ("order_status", {"order_id": "A-17"})
+    assert tool_use["toolUseId"].startswith("tooluse_")
+    assert again["output"]["message"]["content"][0]["toolUse"]["toolUseId"] == tool_use["toolUseId"]
+    assert first["usage"]["outputTokens"] == 1
+
+
+def test_requests_are_recorded_with_path_model_and_signature(server: ScriptedModelServer) -> None:
+    client = bedrock_client(server)
+    client.converse(modelId=PROFILE_ARN, messages=[user("hello")])
+    list(client.converse_stream(modelId=MODEL_ID, messages=[user("hello")])["stream"])
+
+    first, second = server.bedrock_requests
+    assert (first.operation, first.model_id) == ("converse", PROFILE_ARN)
+    assert first.path == (
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fscripted"
+        "/converse"
+    )
+    assert (second.operation, second.model_id) == ("converse-stream", MODEL_ID)
+    assert second.body["messages"] == [user("hello")]
+    assert f"Credential={AGENT_KEY}/" in first.authorization
+    assert "/us-east-1/bedrock/aws4_request" in first.authorization
+    # The Ollama record stays for Ollama chats only.
+    assert server.requests == []
+
+
+# --------------------------------------------------------------------------- ConverseStream
+
+
+def test_converse_stream_sends_text_deltas_then_stop_and_usage(
+    server: ScriptedModelServer,
+) -> None:
+    response = bedrock_client(server).converse_stream(
+        modelId=MODEL_ID, messages=[user("hello there")]
+    )
+    events = list(response["stream"])
+
+    names = [next(iter(event)) for event in events]
+    assert names[0] == "messageStart" and events[0]["messageStart"] == {"role": "assistant"}
+    assert names[-3:] == ["contentBlockStop", "messageStop", "metadata"]
+    deltas = [e["contentBlockDelta"] for e in events if "contentBlockDelta" in e]
+    assert len(deltas) == 9
+    assert "".join(delta["delta"]["text"] for delta in deltas) == GREETING
+    assert {delta["contentBlockIndex"] for delta in deltas} == {0}
+    assert events[-2]["messageStop"] == {"stopReason": "end_turn"}
+    assert events[-1]["metadata"]["usage"] == {
+        "inputTokens": 2,
+        "outputTokens": 9,
+        "totalTokens": 11,
+    }
+    assert "latencyMs" in events[-1]["metadata"]["metrics"]
+
+
+def test_converse_stream_tool_use_has_start_input_and_stop(server: ScriptedModelServer) -> None:
+    response = bedrock_client(server).converse_stream(
+        modelId=MODEL_ID, messages=[user("my order?")]
+    )
+    events = list(response["stream"])
+
+    assert [next(iter(event)) for event in events] == [
+        "messageStart",
+        "contentBlockStart",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
+    start = events[1]["contentBlockStart"]["start"]["toolUse"]
+    assert start["name"] == "order_status" and start["toolUseId"].startswith("tooluse_")
+    tool_input = events[2]["contentBlockDelta"]["delta"]["toolUse"]["input"]
+    assert json.loads(tool_input) == {"order_id": "A-17"}
+    assert events[4]["messageStop"] == {"stopReason": "tool_use"}
+
+
+def test_stream_body_is_event_stream_framing_botocore_parses(server: ScriptedModelServer) -> None:
+    # Over plain HTTP, so the bytes are exactly what the server wrote.
+    body = json.dumps({"messages": [user("hello")]}).encode()
+    status, headers, raw = post(server.url + "/model/m/converse-stream", body)
+    assert status == 200
+    assert headers["Content-Type"] == EVENT_STREAM_CONTENT_TYPE
+
+    buffer = EventStreamBuffer()
+    buffer.add_data(raw)
+    messages = list(buffer)
+    assert [m.headers[":event-type"] for m in messages][:1] == ["messageStart"]
+    assert all(m.headers[":message-type"] == "event" for m in messages)
+    assert all(m.headers[":content-type"] == "application/json" for m in messages)
+    assert json.loads(messages[-1].payload)["usage"]["outputTokens"] == 9
+
+
+def test_encode_event_round_trips_through_botocore() -> None:
+    buffer = EventStreamBuffer()
+    buffer.add_data(encode_event("messageStop", {"stopReason": "end_turn"}))
+    [message] = list(buffer)
+    assert message.headers == {
+        ":event-type": "messageStop",
+        ":content-type": "application/json",
+        ":message-type": "event",
+    }
+    assert json.loads(message.payload) == {"stopReason": "end_turn"}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_bedrock_operation_is_404_and_bad_json_400(server: ScriptedModelServer) -> None:
+    status, _, raw = post(server.url + "/model/m/invoke", b"{}")
+    assert status == 404 and "no route" in json.loads(raw)["error"]
+
+    status, headers, raw = post(server.url + "/model/m/converse", b"{not json")
+    assert status == 400 and "invalid JSON" in json.loads(raw)["message"]
+    assert headers["x-amzn-ErrorType"] == "ValidationException"
+
+
+def test_botocore_reads_the_error_code_and_message(server: ScriptedModelServer) -> None:
+    # An endpoint with a path prefix sends every call to a route that does not exist.
+    client = boto3.client(
+        "bedrock-runtime",
+        endpoint_url=server.url + "/nowhere",
+        region_name=REGION,
+        aws_access_key_id=AGENT_KEY,
+        aws_secret_access_key="scripted-agent-secret",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    with pytest.raises(ClientError) as caught:
+        client.converse(modelId=MODEL_ID, messages=[user("hello")])
+    assert caught.value.response["Error"]["Code"] == "NotFoundException"
+    assert "no route for POST /nowhere/model/" in caught.value.response["Error"]["Message"]
+
+
+# --------------------------------------------------------------------------- with strands
+
+
+@tool
+def order_status(order_id: str) -> str:
+    """Look up where an order is.
+
+    Args:
+        order_id: The order's id.
+    """
+    return f"order {order_id} shipped"
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["converse-stream", "converse"])
+def test_strands_agent_runs_the_scripted_tool_call(
+    server: ScriptedModelServer, streaming: bool
+) -> None:
+    # The agent signs with throwaway credentials of its own, as the agent host does.
+    session = boto3.Session(
+        aws_access_key_id=AGENT_KEY,
+        aws_secret_access_key="scripted-agent-secret",
+        region_name=REGION,
+    )
+    model = BedrockModel(
+        model_id=MODEL_ID,
+        endpoint_url=server.url,
+        boto_session=session,
+        streaming=streaming,
+        boto_client_config=Config(retries={"total_max_attempts": 1}),
+    )
+    agent = Agent(model=model, tools=[order_status], callback_handler=None)
+
+    result = agent("where is my order?")
+
+    assert str(result).strip() == "Order status: order A-17 shipped"
+    operation = "converse-stream" if streaming else "converse"
+    first, second = server.bedrock_requests
+    assert (first.operation, second.operation) == (operation, operation)
+    assert first.body["toolConfig"]["tools"][0]["toolSpec"]["name"] == "order_status"
+    # The second call carried the tool's result back, answering the scripted toolUse id.
+    [asked] = [b["toolUse"] for b in second.body["messages"][1]["content"] if "toolUse" in b]
+    [answered] = [b["toolResult"] for b in second.body["messages"][-1]["content"]]
+    assert answered["toolUseId"] == asked["toolUseId"]
+    assert answered["content"] == [{"text": "order A-17 shipped"}]
+    # Usage reached strands: prompt words of both calls, 1 + 5 output pieces.
+    usage = result.metrics.accumulated_usage
+    assert usage["outputTokens"] == 6
+    assert usage["inputTokens"] > 0
