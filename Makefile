@@ -62,7 +62,8 @@ cluster: tools ## Start a local control plane with the CRDs until Ctrl-C; prints
 
 .PHONY: run
 run: $(STAMP) ## Run the operator against the current KUBECONFIG with the local backend enabled
-	$(BIN)/agenttest run --enable-local-backend --default-backend local
+	AGENTTEST_OPERATOR_NAMESPACE=$${AGENTTEST_OPERATOR_NAMESPACE:-default} \
+	  $(BIN)/agenttest run --enable-local-backend --default-backend local
 
 .PHONY: bench
 bench: tools ## Benchmark: start latency, log-tail latency, API writes, memory (prints JSON)

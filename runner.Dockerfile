@@ -1,4 +1,4 @@
-# The runner image: the in-container test harness, `python -m agenttest.runner`.
+# The runner image: what runs inside an execution, `python -m agenttest.runner` (the judge, which starts the agent host).
 #
 #   docker build -f runner.Dockerfile -t agenttest/runner:0.1.0 .
 #
@@ -28,7 +28,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN /opt/runner/bin/pip install "${STRANDS_REQUIREMENT}" \
     && /opt/runner/bin/pip install --no-deps . \
-    && /opt/runner/bin/python -c "import strands, agenttest.runner.harness" \
+    && /opt/runner/bin/python -c "import strands, agenttest.runner.judge, agenttest.runner.agenthost" \
     && /opt/runner/bin/python -m compileall -q /opt/runner/lib
 
 FROM ${PYTHON_IMAGE}

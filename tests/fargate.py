@@ -88,6 +88,8 @@ from moto.logs.responses import LogsResponse
 from moto.moto_api._internal.models import moto_api_backend
 from moto.server import ThreadedMotoServer
 
+from containershim import container_command, kill_tree
+
 logger = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"  # moto's default account
@@ -861,7 +863,7 @@ class FargatePlayer:
 
         try:
             process = subprocess.Popen(
-                argv,
+                container_command(argv, environment),
                 env=environment,
                 cwd=run.directory / "work",
                 stdin=subprocess.DEVNULL,
@@ -937,6 +939,10 @@ class FargatePlayer:
 
     @staticmethod
     def _signal(pgid: int, sig: signal.Signals) -> None:
+        """SIGTERM the task's group; SIGKILL ends it whole, detached processes included."""
+        if sig == signal.SIGKILL:
+            kill_tree(pgid)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 

@@ -106,6 +106,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from kubernetes import client, config
 
+from containershim import container_command, kill_tree
+
 logger = logging.getLogger(__name__)
 
 NODE_IP = "127.0.0.1"
@@ -225,6 +227,10 @@ def _truthy(values: list[str] | None) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    """SIGTERM the container's group; SIGKILL ends it whole, detached processes included."""
+    if sig == signal.SIGKILL:
+        kill_tree(pgid)
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -1246,7 +1252,7 @@ class FakeKubelet:
         )
         try:
             process = subprocess.Popen(
-                run.argv,
+                container_command(run.argv, run.environment),
                 env=run.environment,
                 cwd=run.cwd,
                 stdin=subprocess.DEVNULL,

@@ -100,6 +100,8 @@ class Operator:
             **(extra_env or {}),
             "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
             "AGENTTEST_NAMESPACES": namespace,
+            # Each test's operator keeps its signing secret in the test's namespace.
+            "AGENTTEST_OPERATOR_NAMESPACE": namespace,
             "AGENTTEST_ENABLE_LOCAL_BACKEND": "true",
             "AGENTTEST_DEFAULT_BACKEND": "local",
             "AGENTTEST_LOCAL_STATE_DIR": str(state_dir),

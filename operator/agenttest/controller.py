@@ -14,7 +14,9 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agenttest import lifecycle, logtail, packaging, queue
+from pydantic import ValidationError
+
+from agenttest import lifecycle, logtail, packaging, queue, runkeys
 from agenttest.backends.base import (
     BackendUnavailable,
     ExecutionKey,
@@ -107,9 +109,16 @@ class Runtime:
     settings: Settings
     executors: dict[Backend, Executor]
     scheduler: Scheduler
+    # The operator secret every execution's signing key is derived from (runkeys).
+    signing_secret: bytes = b""
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
     publisher: Publisher | None = None
+
+    def run_key(self, uid: str, status: AgentTestStatus) -> str:
+        """The signing key of the test's current execution, derived, never read back."""
+        key = ExecutionKey(uid, status.attempt, status.infra_retries)
+        return runkeys.derive(self.signing_secret, key)
 
     def executor(self, backend: Backend) -> Executor:
         executor = self.executors.get(backend)
@@ -170,14 +179,16 @@ async def _advance(
         return status
     if spec.cancel:
         return passed(
-            await _stop_and_finish(rt, status, Phase.CANCELLED, "cancelled: spec.cancel is true")
+            await _stop_and_finish(
+                rt, test.uid, status, Phase.CANCELLED, "cancelled: spec.cancel is true"
+            )
         )
     if status.phase == Phase.PENDING:
         status = passed(lifecycle.admit(status, spec.backend or rt.settings.default_backend))
     if status.phase == Phase.QUEUED:
         status = passed(await _try_launch(rt, test, status, indexed))
     if status.phase is not None and status.phase.active:
-        status = passed(await _follow(rt, status, spec))
+        status = passed(await _follow(rt, test.uid, status, spec))
     return status
 
 
@@ -211,6 +222,7 @@ async def _try_launch(
                 test_name=test.name,
                 harness_config=harness_config(test.spec, source),
                 timeout_seconds=test.spec.timeout_seconds,
+                run_key=runkeys.derive(rt.signing_secret, key),
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,
             )
@@ -229,11 +241,16 @@ async def _try_launch(
     return lifecycle.launched(status, status.backend, execution_id, now)
 
 
-async def _read_all(rt: Runtime, executor: Executor, execution_id: str) -> logtail.Progress:
+async def _read_all(
+    rt: Runtime, executor: Executor, execution_id: str, run_key: str
+) -> logtail.Progress:
     progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
+    key = bytes.fromhex(run_key)
     for _ in range(MAX_LOG_READS_PER_STEP):
         chunk = await executor.read_logs(execution_id, progress.cursor)
-        progress = logtail.follow(progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor)
+        progress = logtail.follow(
+            progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor, key
+        )
         progress = replace(progress, throttled=chunk.throttled)
         if not chunk.more:
             break
@@ -241,7 +258,9 @@ async def _read_all(rt: Runtime, executor: Executor, execution_id: str) -> logta
     return progress
 
 
-async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> AgentTestStatus:
+async def _follow(
+    rt: Runtime, uid: str, status: AgentTestStatus, spec: AgentTestSpec
+) -> AgentTestStatus:
     assert status.execution is not None and status.backend is not None
     executor = rt.executor(status.backend)
     execution_id = status.execution.id
@@ -252,8 +271,13 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
         # and log reads are rationed (CloudWatch Logs is rate-limited).
         progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
     else:
-        progress = await _read_all(rt, executor, execution_id)
-    status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
+        progress = await _read_all(rt, executor, execution_id, rt.run_key(uid, status))
+    status = status.model_copy(
+        update={
+            "log_tail": progress.tail or status.log_tail,
+            "forged_lines": progress.forged or status.forged_lines,
+        }
+    )
     now = rt.clock()
 
     if observation.state == ExecutionState.EXITED:
@@ -267,9 +291,21 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
         rt.progress.pop(execution_id, None)
         if observation.timed_out:
             return lifecycle.finish(status, Phase.TIMED_OUT, observation.reason, now)
-        result = lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
+        try:
+            result = (
+                lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
+            )
+        except ValidationError as error:
+            return lifecycle.finish(
+                status, Phase.ERROR, f"the runner's result cannot be read: {error}", now
+            )
         phase, message = lifecycle.outcome(
-            result, observation.exit_code, progress.last_line, observation.reason
+            result,
+            observation.exit_code,
+            progress.last_line,
+            observation.reason,
+            expected_cases=[case.name for case in spec.cases],
+            forged=progress.forged,
         )
         return lifecycle.finish(status, phase, message, now, result)
     if observation.state == ExecutionState.MISSING:
@@ -285,7 +321,7 @@ async def _follow(rt: Runtime, status: AgentTestStatus, spec: AgentTestSpec) -> 
         return lifecycle.finish(status, Phase.ERROR, observation.reason, now)
     if lifecycle.timed_out(status, spec.timeout_seconds, now):
         return await _stop_and_finish(
-            rt, status, Phase.TIMED_OUT, f"timed out after {spec.timeout_seconds}s"
+            rt, uid, status, Phase.TIMED_OUT, f"timed out after {spec.timeout_seconds}s"
         )
     status = lifecycle.progressed(
         status, Phase.RUNNING if progress.harness_phase == PHASE_RUNNING else None
@@ -321,14 +357,14 @@ async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
 
 
 async def _stop_and_finish(
-    rt: Runtime, status: AgentTestStatus, phase: Phase, message: str
+    rt: Runtime, uid: str, status: AgentTestStatus, phase: Phase, message: str
 ) -> AgentTestStatus:
     """Stop the execution if there is one, keep its last output, end in `phase`."""
     found = _execution(rt, status)
     if found is not None:
         executor, execution_id = found
         await executor.stop(execution_id, message)
-        progress = await _read_all(rt, executor, execution_id)
+        progress = await _read_all(rt, executor, execution_id, rt.run_key(uid, status))
         rt.progress.pop(execution_id, None)
         status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
     return lifecycle.finish(status, phase, message, rt.clock())

@@ -7,6 +7,8 @@ with the local backend, applies manifests/samples/agenttest.yaml and shows
 
     AGENTTEST_DEMO_OLLAMA=http://127.0.0.1:11434  use this Ollama instead
     AGENTTEST_DEMO_MODEL=llama3.1:8b              the model to ask there
+    AGENTTEST_DEMO_SAMPLE=bedrock                 the Bedrock sample instead, against the
+                                                  scripted model's Converse API
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from agenttest import devcluster
 from agenttest.modelserver import ScriptedModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "manifests" / "samples" / "agenttest.yaml"
+SAMPLES = {
+    "ollama": ROOT / "manifests" / "samples" / "agenttest.yaml",
+    "bedrock": ROOT / "manifests" / "samples" / "agenttest-bedrock.yaml",
+}
+# The judge's credentials for the Bedrock sample: the scripted model accepts any,
+# and the agent under test never sees them (the sample asserts it).
+DEMO_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIDDEMOJUDGE0000000",
+    "AWS_SECRET_ACCESS_KEY": "demo-judge-secret",
+    "AGENTTEST_LOCAL_PASS_ENV": "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY",
+}
 FINISHED = {"Succeeded", "Failed", "TimedOut", "Cancelled", "Error"}
 
 
@@ -35,10 +47,10 @@ def say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def model_endpoint() -> Iterator[tuple[str, str | None]]:
+def model_endpoint(provider: str) -> Iterator[tuple[str, str | None]]:
     """(endpoint, model id or None to keep the sample's)."""
     ollama = os.environ.get("AGENTTEST_DEMO_OLLAMA")
-    if ollama:
+    if ollama and provider == "ollama":
         say(f"using the Ollama at {ollama}")
         yield ollama, os.environ.get("AGENTTEST_DEMO_MODEL")
         return
@@ -48,12 +60,15 @@ def model_endpoint() -> Iterator[tuple[str, str | None]]:
 
 
 @contextlib.contextmanager
-def operator(cluster: devcluster.Cluster) -> Iterator[Path]:
+def operator(cluster: devcluster.Cluster, extra_env: dict[str, str]) -> Iterator[Path]:
     log_path = cluster.directory / "operator.log"
     env = {
         **os.environ,
+        **extra_env,
         "KUBECONFIG": str(cluster.kubeconfig),
         "AGENTTEST_LOCAL_STATE_DIR": str(cluster.directory / "runs"),
+        # The signing secret lives beside the sample, in the default namespace.
+        "AGENTTEST_OPERATOR_NAMESPACE": "default",
         "AGENTTEST_METRICS_PORT": "0",
         "AGENTTEST_HEALTH_PORT": "0",
     }
@@ -106,18 +121,23 @@ def watch_until_finished(
 
 
 def main() -> int:
+    provider = os.environ.get("AGENTTEST_DEMO_SAMPLE", "ollama")
+    if provider not in SAMPLES:
+        print(f"error: AGENTTEST_DEMO_SAMPLE must be one of {', '.join(SAMPLES)}", file=sys.stderr)
+        return 2
+    sample = SAMPLES[provider]
     try:
         binaries = devcluster.find_binaries()
         say("starting the local control plane (etcd, kube-apiserver, kube-controller-manager)")
-        with devcluster.Cluster(binaries) as cluster, model_endpoint() as (endpoint, model):
+        with devcluster.Cluster(binaries) as cluster, model_endpoint(provider) as (endpoint, model):
             cluster.install_crds(ROOT / "crds")
-            with operator(cluster) as operator_log:
-                manifest = yaml.safe_load(SAMPLE.read_text())
+            with operator(cluster, DEMO_AWS_ENV if provider == "bedrock" else {}) as operator_log:
+                manifest = yaml.safe_load(sample.read_text())
                 manifest["spec"]["model"]["endpoint"] = endpoint
                 if model:
                     manifest["spec"]["model"]["modelId"] = model
                 name = manifest["metadata"]["name"]
-                say(f"kubectl apply -f {SAMPLE.relative_to(ROOT)}")
+                say(f"kubectl apply -f {sample.relative_to(ROOT)}")
                 print(
                     cluster.kubectl(
                         "apply", "-f", "-", input_text=yaml.safe_dump(manifest)

@@ -305,6 +305,21 @@ class Cluster:
         )
         tokens = self.directory / "tokens.csv"
         tokens.write_text(f'{self.token},admin,admin,"system:masters"\n')
+        # Secrets encrypted at rest, as a production cluster keeps them: the signing
+        # keys of runner pods must not lie in etcd's files in the clear, where any
+        # process of this host's user could read them.
+        encryption = self.directory / "encryption.yaml"
+        secret = base64.b64encode(os.urandom(32)).decode()
+        encryption.write_text(
+            "apiVersion: apiserver.config.k8s.io/v1\n"
+            "kind: EncryptionConfiguration\n"
+            "resources:\n"
+            "  - resources: [secrets]\n"
+            "    providers:\n"
+            f"      - aescbc: {{keys: [{{name: k1, secret: {secret}}}]}}\n"
+            "      - identity: {}\n"
+        )
+        encryption.chmod(0o600)
         self._spawn(
             "kube-apiserver",
             [
@@ -321,6 +336,7 @@ class Cluster:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--disable-admission-plugins=ServiceAccount",
+                f"--encryption-provider-config={encryption}",
                 # pods/log and kubectl logs reach a node (the tests' stand-in kubelet)
                 # at its InternalIP; no kubelet CA is configured, so its serving
                 # certificate is not verified.

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, kubeapi, lifecycle, metrics, queue
+from agenttest import controller, kubeapi, lifecycle, metrics, queue, runkeys
 from agenttest.backends.base import Executor
 from agenttest.models import (
     AGENTTEST_PLURAL,
@@ -126,8 +126,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         executors[Backend.FARGATE] = FargateExecutor(
             FargateConfig.from_settings(config), min_log_interval=config.poll_interval
         )
+    kubeapi.load_config()
+    namespace = runkeys.operator_namespace(config.operator_namespace)
     memo["runtime"] = controller.Runtime(
         settings=config,
+        signing_secret=await runkeys.load_master(namespace, config.signing_secret),
         executors=executors,
         scheduler=controller.Scheduler(limit=config.max_running),
         publisher=(
@@ -136,7 +139,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             else None
         ),
     )
-    kubeapi.load_config()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     logger.info(
@@ -219,6 +221,16 @@ async def drive(
     if lifecycle.needs_package(new, spec.package.enabled):
         # After the Succeeded write, so the test shows its result first.
         await write_status(meta, memo, new, await controller.package(rt, test, new))
+    if new.forged_lines and not old.forged_lines:
+        kopf.event(
+            body,
+            type="Warning",
+            reason="ForgedOutput",
+            message=(
+                f"{new.forged_lines} line(s) of the execution's output posed as the judge's "
+                "machine lines without its signature and were ignored"
+            ),
+        )
     for phase, message in transitions:
         failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
         kopf.event(

@@ -101,6 +101,19 @@ async def read_config_map(namespace: str, name: str) -> dict[str, str]:
     return dict(config_map.data or {})
 
 
+async def read_secret(namespace: str, name: str) -> dict[str, str]:
+    from kubernetes import client
+
+    secret = await call(client.CoreV1Api().read_namespaced_secret, name, namespace)
+    return {str(k): str(v) for k, v in (secret.data or {}).items()}
+
+
+async def create_secret(namespace: str, body: dict[str, Any]) -> None:
+    from kubernetes import client
+
+    await create(client.CoreV1Api().create_namespaced_secret, namespace, body)
+
+
 async def create(function: Callable[..., T], namespace: str, body: dict[str, Any]) -> T:
     """A namespaced create; `Conflict` if the object exists already."""
     from kubernetes.client.exceptions import ApiException

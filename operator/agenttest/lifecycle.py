@@ -98,6 +98,7 @@ def start_attempt(
         # its own package, so the old Packaged condition goes.
         conditions=[c for c in status.conditions if c.type != "Packaged"],
         log_tail=None,
+        forged_lines=None,
     )
 
 
@@ -158,7 +159,7 @@ def timed_out(status: AgentTestStatus, timeout_seconds: int, now: datetime.datet
 
 @dataclass(frozen=True)
 class HarnessResult:
-    """The harness's final machine-readable line."""
+    """The judge's final machine line, after its signature verified."""
 
     passed: bool
     reason: str = ""
@@ -168,7 +169,7 @@ class HarnessResult:
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> HarnessResult:
         return cls(
-            passed=bool(event.get("passed")),
+            passed=event.get("passed") is True,
             reason=str(event.get("reason") or ""),
             summary=str(event.get("summary") or ""),
             cases=[CaseResult.model_validate(case) for case in event.get("cases") or []],
@@ -176,22 +177,56 @@ class HarnessResult:
 
 
 def outcome(
-    result: HarnessResult | None, exit_code: int | None, last_line: str, reason: str = ""
+    result: HarnessResult | None,
+    exit_code: int | None,
+    last_line: str,
+    reason: str = "",
+    expected_cases: list[str] | None = None,
+    forged: int = 0,
 ) -> tuple[Phase, str]:
-    """Decide the final phase from the harness result, the exit code and why it ended."""
+    """Decide the final phase from the verified result, the exit code and why it ended.
+
+    Only a verified result can pass, and only when it names exactly the spec's
+    cases and the judge also exited 0: a pass is never inferred from anything else.
+    """
+    phase, message = _outcome(result, exit_code, last_line, reason, expected_cases)
+    if forged:
+        lines = "line" if forged == 1 else "lines"
+        message += f"; {forged} forged machine {lines} ignored"
+    return phase, message
+
+
+def _outcome(
+    result: HarnessResult | None,
+    exit_code: int | None,
+    last_line: str,
+    reason: str,
+    expected_cases: list[str] | None,
+) -> tuple[Phase, str]:
     if exit_code == EXIT_TIMED_OUT:
-        return Phase.TIMED_OUT, (result.reason if result else "") or "the harness timed out"
+        return Phase.TIMED_OUT, (result.reason if result else "") or "the runner timed out"
     if result is not None:
+        named = [case.name for case in result.cases]
+        if expected_cases is not None and result.cases and named != expected_cases:
+            return Phase.ERROR, (
+                f"the verified result names cases {named}, not the spec's {expected_cases}"
+            )
+        if result.passed and exit_code != 0:
+            return Phase.FAILED, f"the runner reported a pass but exited with code {exit_code}"
+        if result.passed and expected_cases is not None and named != expected_cases:
+            return Phase.FAILED, "the runner reported a pass without running the spec's cases"
         if result.passed:
             return Phase.SUCCEEDED, result.summary or "all cases passed"
-        first = next((c for c in result.cases if not c.passed and c.failures), None)
-        detail = f" ({first.name}: {first.failures[0]})" if first else ""
-        return Phase.FAILED, (result.reason or "the test failed") + detail
-    if exit_code == 0:
-        return Phase.ERROR, "the harness exited without a result line"
+        # The judge's reason already names the first failure; say it once.
+        return Phase.FAILED, result.reason or "the test failed"
     why = f" ({reason})" if reason else ""
     tail = f"; last output: {last_line}" if last_line else ""
-    return Phase.FAILED, f"the harness exited with code {exit_code}{why} without a result{tail}"
+    if exit_code == 0:
+        return Phase.ERROR, f"the runner exited without a verified result{tail}"
+    return (
+        Phase.FAILED,
+        f"the runner exited with code {exit_code}{why} without a verified result{tail}",
+    )
 
 
 def finish(

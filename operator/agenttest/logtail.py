@@ -1,19 +1,21 @@
-"""The bounded log tail kept in status.logTail: pure functions, no I/O.
+"""The bounded log tail kept in status.logTail, and the judge's verified events.
 
-Lines go in as the backend reads them; what comes out is the last lines that
-fit the byte budget, without ANSI escapes, without the harness's machine
-lines, and with anything that looks like a credential masked.
+Pure functions, no I/O. Lines go in as the backend reads them; what comes out
+is the last lines that fit the byte budget, without ANSI escapes, without
+machine lines, and with anything that looks like a credential masked; and the
+judge's phase and result events, taken only from machine lines whose signature
+verifies under the execution's key. A machine line that does not verify is
+counted as forged and otherwise ignored.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agenttest.runner.protocol import MACHINE_PREFIX
+from agenttest.runner.protocol import MACHINE_PREFIX, ForgedLine, verify_line
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -60,17 +62,6 @@ def bound(text: str, limit: int) -> str:
     return kept[newline + 1 :] if 0 <= newline < len(kept) - 1 else kept
 
 
-def parse_machine_line(line: str) -> dict[str, Any] | None:
-    """The JSON event of a `::agenttest:: {...}` line, or None for anything else."""
-    if not is_machine_line(line):
-        return None
-    try:
-        event = json.loads(line[len(MACHINE_PREFIX) :])
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
 @dataclass(frozen=True)
 class Progress:
     """What has been read of one execution's output so far."""
@@ -78,22 +69,33 @@ class Progress:
     execution_id: str
     cursor: str | None = None
     tail: str = ""
-    harness_phase: str | None = None  # "Building" / "Running" from the harness
-    result: dict[str, Any] | None = None  # the harness's final result event
+    harness_phase: str | None = None  # "Building" / "Running" from the judge
+    result: dict[str, Any] | None = None  # the judge's verified result event
     last_line: str = ""
     exited_at: datetime.datetime | None = None  # first seen exited without a result
     throttled: bool = False  # the last read was refused; the end is not known yet
+    last_seq: int = 0  # the newest verified machine line
+    forged: int = 0  # machine lines that did not verify
+    forged_reported: bool = False  # the ForgedOutput Event went out
 
 
-def follow(progress: Progress, lines: list[str], limit: int, cursor: str | None) -> Progress:
+def follow(
+    progress: Progress, lines: list[str], limit: int, cursor: str | None, key: bytes
+) -> Progress:
     """Fold newly read lines into the progress of an execution."""
     phase, result, last = progress.harness_phase, progress.result, progress.last_line
+    last_seq, forged = progress.last_seq, progress.forged
     for line in lines:
-        event = parse_machine_line(line)
-        if event is None:
+        if not is_machine_line(line):
             if line.strip():
                 last = clean_line(line)
-        elif event.get("event") == "phase":
+            continue
+        try:
+            last_seq, event = verify_line(key, line, last_seq)
+        except ForgedLine:
+            forged += 1
+            continue
+        if event.get("event") == "phase":
             phase = str(event.get("phase"))
         elif event.get("event") == "result":
             result = event
@@ -104,4 +106,6 @@ def follow(progress: Progress, lines: list[str], limit: int, cursor: str | None)
         harness_phase=phase,
         result=result,
         last_line=last,
+        last_seq=last_seq,
+        forged=forged,
     )

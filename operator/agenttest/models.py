@@ -153,7 +153,11 @@ class ModelSpec(ApiModel):
         default=None,
         pattern=r"^https?://",
         max_length=512,
-        description="Ollama base URL, e.g. http://ollama.ollama:11434. Required for ollama.",
+        description=(
+            "Ollama base URL, e.g. http://ollama.ollama:11434 (required for ollama); for "
+            "bedrock, an optional endpoint override such as a VPC endpoint. Either way only "
+            "the judge talks to it: the agent reaches the model through the judge's gateway."
+        ),
     )
     region: str | None = Field(
         default=None,
@@ -327,6 +331,13 @@ class Execution(ApiModel):
     completed_at: str | None = Field(default=None, description="When the execution ended.")
 
 
+class TokenUsage(ApiModel):
+    """Token counts as the model reported them to the judge's gateway."""
+
+    input: int = Field(default=0, description="Input (prompt) tokens.")
+    output: int = Field(default=0, description="Output (completion) tokens.")
+
+
 class CaseResult(ApiModel):
     """The outcome of one case."""
 
@@ -335,6 +346,21 @@ class CaseResult(ApiModel):
     latency_seconds: float | None = Field(default=None, description="Time the agent took.")
     output: str = Field(default="", description="The agent's answer (truncated).")
     failures: list[str] = Field(default_factory=list, description="Expectations that failed.")
+    model_calls: int | None = Field(
+        default=None,
+        description=(
+            "Model calls the judge's gateway forwarded during the case. Observed by the "
+            "judge, never reported by the agent: an agent that reaches a model directly "
+            "shows none."
+        ),
+    )
+    tokens: TokenUsage | None = Field(
+        default=None, description="Tokens the model reported for the case's calls (observed)."
+    )
+    tool_calls: list[str] = Field(
+        default_factory=list,
+        description="Tools the model asked the agent to run, in order (observed).",
+    )
 
 
 class PackageRef(ApiModel):
@@ -369,6 +395,13 @@ class AgentTestStatus(ApiModel):
     )
     infra_retries: int = Field(
         default=0, description="Infrastructure failures retried in this attempt."
+    )
+    forged_lines: int | None = Field(
+        default=None,
+        description=(
+            "Lines of this attempt's output that looked like the judge's machine lines but "
+            "did not carry its signature: ignored, and reported as a ForgedOutput Event."
+        ),
     )
     retry_after: str | None = Field(
         default=None, description="Earliest time of the next infrastructure retry."

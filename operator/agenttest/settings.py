@@ -76,6 +76,11 @@ class Settings:
     package_prefix: str = "packages/"
     # Packages over this size are refused (Packaged=False, PackageTooLarge).
     package_max_bytes: int = 50 * 1024 * 1024
+    # Where the operator keeps the secret every execution's signing key is derived
+    # from: a Secret of this name in this namespace (empty: the namespace the
+    # operator runs in, else agenttest-system). Made on first start.
+    operator_namespace: str = ""
+    signing_secret: str = "agenttest-signing-key"
     # Prometheus metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.

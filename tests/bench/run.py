@@ -12,6 +12,10 @@ model, the operator as a subprocess with the local backend.
 * memory: the operator's peak RSS with 500 AgentTests present, all queued
   (limit 0), which keeps every per-test timer alive: the worst case.
 
+The runner (no control plane): the model gateway's added latency per call against
+the scripted model (gateway.py), and the time from launching the runner to its
+first case (runner.py; AGENTTEST_BENCH_BASELINE compares with another checkout).
+
 Fargate (moto over HTTP, the FargatePlayer in tests/fargate.py as Fargate):
 
 * launch overhead: create an AgentTest -> the task's createdAt (run_task), 50 tests;
@@ -36,7 +40,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
+from gateway import gateway_latency
 from kubernetes import client, config, watch
+from runner import first_case_latency
 
 from agenttest import devcluster
 from agenttest.backends.base import ExecutionKey
@@ -467,6 +473,10 @@ def record(results: dict[str, Any], section: dict[str, Any]) -> None:
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="agenttest-bench-"))
+    results: dict[str, Any] = {}
+    # The runner alone first: no control plane running beside it.
+    record(results, {"gateway": gateway_latency()})
+    record(results, {"runner": first_case_latency()})
     with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
         cluster.install_crds(ROOT / "crds")
         config.load_kube_config(str(cluster.kubeconfig))
@@ -477,7 +487,6 @@ def main() -> int:
         ).start()
         recorder = Recorder(namespace)
         try:
-            results: dict[str, Any] = {}
             record(results, measure_start_and_writes(namespace, work / "runs", model.url, recorder))
             record(results, measure_log_tail(namespace, model.url, recorder))
         finally:
@@ -491,6 +500,8 @@ def main() -> int:
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,
             "peak_rss_mb": 200,
+            "gateway_added_p95_ms": 5.0,
+            "first_case_later_than_before_seconds": 0.3,
         }
         print(json.dumps(results, indent=2))
     return 0

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agenttest.modelserver import ScriptedModelServer
+from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest.runner.protocol import MACHINE_PREFIX
 
+import forgeries
 from fargate import AwsEnvironment, FargatePlayer
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
@@ -217,3 +218,19 @@ def test_invalid_fargate_size_is_refused_before_launch(
     assert "spec.resources.cpu 3 is not a Fargate size" in status["message"]
     assert "0.25, 0.5, 1, 2, 4, 8, 16" in status["message"]
     assert player.tasks() == []
+
+
+def test_no_agent_forges_its_verdict_on_fargate(
+    kube: Kube,
+    player: FargatePlayer,
+    aws: AwsEnvironment,
+    start_fargate_operator: Callable[..., Operator],
+) -> None:
+    # Packaging on: a forged pass would show as a DeploymentPackage in S3.
+    start_fargate_operator(max_running=6, package_bucket=aws.bucket)
+    with ScriptedModelServer.from_script([*forgeries.SCRIPT, *DEFAULT_SCRIPT]) as model:
+        forgeries.apply_catalogue(kube, model.url, forgeries.CATALOGUE, backend="fargate")
+        ended = forgeries.assert_all_failed(kube, forgeries.CATALOGUE)
+    for forgery in forgeries.CATALOGUE:
+        assert not ended[forgery.name]["status"].get("forgedLines"), forgery.name
+    assert aws.client("s3").list_objects_v2(Bucket=aws.bucket).get("KeyCount", 0) == 0

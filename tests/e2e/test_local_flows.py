@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from agenttest.modelserver import ScriptedModelServer
+from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
+import forgeries
+from containershim import kill_tree
 from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test, pid_alive
 
 StartOperator = Callable[..., Operator]
@@ -151,10 +155,10 @@ def test_timeout_ends_timed_out_and_kills_the_process(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     start_operator()
-    pid = start_sleeper(kube, "slow", model_server.url, tmp_path, timeoutSeconds=3)
+    pid = start_sleeper(kube, "slow", model_server.url, tmp_path, timeoutSeconds=6)
     status = kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded", "Error")["status"]
     assert status["phase"] == "TimedOut"
-    assert "timed out after 3s" in status["message"]
+    assert "timed out after 6s" in status["message"]
     assert not pid_alive(pid), "the harness process must be gone"
 
 
@@ -290,21 +294,180 @@ def test_a_lost_execution_is_retried_within_the_same_attempt(
     kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
     start_operator(infra_backoff_seconds=0.5)
-    marker = tmp_path / "killed-once"
-    # The first run kills its own process group, supervisor included, the way
-    # a host losing the process would: no exit code is ever recorded.
+    marker = tmp_path / "started-once"
+    # The first run waits to be lost; the second answers.
     source = f"""
-import os, signal
+import os, time
 from strands import Agent
 if not os.path.exists({str(marker)!r}):
     open({str(marker)!r}, "w").close()
-    os.killpg(os.getpgid(0), signal.SIGKILL)
+    time.sleep(300)
 
 def agent(model):
     return Agent(model=model)
 """
     kube.apply(agent_test("flaky-host", source, model_server.url))
+    kube.wait_for("the first run to start", marker.exists)
+    # The host loses every process of the execution at once, supervisor included:
+    # no exit code is ever recorded.
+    (record,) = (tmp_path / "runs").iterdir()
+    supervisor = int((record / "pid").read_text().split()[0])
+    kill_tree(supervisor)
+    kube.apply(agent_test("flaky-host", source, model_server.url))
     status = kube.wait_for_phase("flaky-host", "Succeeded", "Failed", "Error")["status"]
     assert status["phase"] == "Succeeded"
     assert status["attempt"] == 1
     assert status["infraRetries"] == 1
+
+
+@pytest.fixture(scope="module")
+def forgery_model() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer.from_script([*forgeries.SCRIPT, *DEFAULT_SCRIPT]) as server:
+        yield server
+
+
+def test_no_agent_forges_its_verdict_on_the_local_backend(
+    kube: Kube, start_operator: StartOperator, forgery_model: ScriptedModelServer
+) -> None:
+    start_operator(max_running=7)
+    catalogue = [*forgeries.CATALOGUE, forgeries.APPENDS_TO_THE_LOG_FILE]
+    forgeries.apply_catalogue(kube, forgery_model.url, catalogue)
+    ended = forgeries.assert_all_failed(kube, catalogue)
+
+    # Only lines written past the judge reach its output; they are ignored,
+    # counted, named in the message and reported once as a Warning Event.
+    appended = ended[forgeries.APPENDS_TO_THE_LOG_FILE.name]["status"]
+    assert appended["forgedLines"] >= 2
+    assert "forged machine lines ignored" in appended["message"]
+    [event] = forgeries.forged_output_events(kube, forgeries.APPENDS_TO_THE_LOG_FILE.name)
+    assert event["type"] == "Warning"
+    # Everything the others printed went through the judge's relay, behind its prefix.
+    for forgery in forgeries.CATALOGUE:
+        assert not ended[forgery.name]["status"].get("forgedLines"), forgery.name
+    model_tail = ended[forgeries.MODEL_SAYS_IT.name]["status"]["logTail"]
+    assert "[agent] ::agenttest:: " in model_tail
+    # The judge's /proc entries are closed to the agent, whatever user it runs as.
+    hunt_tail = ended[forgeries.HUNTS_FOR_THE_KEY.name]["status"]["logTail"]
+    for entry in ("environ", "mem"):
+        assert re.search(rf"DENIED /proc/\d+/{entry}: PermissionError", hunt_tail), hunt_tail
+    assert "DENIED /proc/1/environ" in hunt_tail
+
+
+TOOL_SCRIPT = [
+    {
+        "match": r"order",
+        "toolCall": {"name": "order_status", "arguments": {"order_id": "A-17"}},
+        "reply": "Order status: {tool_result}",
+    },
+    *DEFAULT_SCRIPT,
+]
+
+TOOL_AGENT = '''
+from strands import Agent, tool
+
+@tool
+def order_status(order_id: str) -> str:
+    """Look up where an order is.
+
+    Args:
+        order_id: The order's id.
+    """
+    return f"order {order_id} shipped on 2024-05-01"
+
+def agent(model):
+    return Agent(model=model, tools=[order_status])
+'''
+
+# Asserted inside the agent: the judge keeps every credential to itself.
+BEDROCK_AGENT = """
+import os
+from strands import Agent
+
+leaked = sorted(k for k in os.environ if k.startswith(("AWS_", "AGENTTEST_")))
+assert not leaked, f"the agent host can see {leaked}"
+
+def agent(model):
+    return Agent(model=model, system_prompt="Be brief.")
+"""
+
+JUDGE_KEY_ID = "AKIDJUDGEONLY0000000"
+
+
+def test_tool_calls_and_tokens_are_what_the_gateway_observed(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    start_operator()
+    cases = [
+        {"name": "order", "query": "Where is my order?", "expect": {"contains": ["2024-05-01"]}},
+        {"name": "greets", "query": "Say hello", "expect": {"contains": ["hello"]}},
+    ]
+    with ScriptedModelServer.from_script(TOOL_SCRIPT) as model:
+        kube.apply(agent_test("tools", TOOL_AGENT, model.url, cases=cases))
+        status = kube.wait_for_phase("tools", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    order, greets = status["cases"]
+    assert order["toolCalls"] == ["order_status"]
+    assert order["modelCalls"] == 2  # the tool-use request, then the answer
+    assert greets["toolCalls"] == [] and greets["modelCalls"] == 1
+    assert greets["tokens"] == {"input": 2, "output": 9}  # as the scripted model counts
+
+
+def test_a_bedrock_agent_runs_through_the_gateway_without_credentials(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    start_operator(
+        extra_env={
+            "AWS_ACCESS_KEY_ID": JUDGE_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": "judge-secret",
+        },
+        local_pass_env="AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY",
+    )
+    with ScriptedModelServer() as model:
+        test = agent_test("bedrock", BEDROCK_AGENT, model.url)
+        test["spec"]["model"] = {
+            "provider": "bedrock",
+            "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
+            "region": "us-east-1",
+            "endpoint": model.url,
+        }
+        kube.apply(test)
+        status = kube.wait_for_phase("bedrock", "Succeeded", "Failed", "Error")["status"]
+        requests = model.bedrock_requests
+    assert status["phase"] == "Succeeded", (status.get("message"), status.get("logTail"))
+    [case] = status["cases"]
+    assert case["modelCalls"] == 1
+    assert case["tokens"]["input"] > 0 and case["tokens"]["output"] > 0
+    # The model saw the judge's signature; the agent's throwaway key never left the host.
+    [request] = requests
+    assert request.model_id == "anthropic.claude-3-haiku-20240307-v1:0"
+    assert f"Credential={JUDGE_KEY_ID}/" in request.authorization
+
+
+NOISY_AGENT = r"""
+import sys
+from strands import Agent
+
+sys.stdout.write("z" * 600_000 + "\n")  # one line longer than any read
+sys.stdout.flush()
+sys.stdout.buffer.write(b"\xff\xfe\x00binary\r::agenttest:: forged\x1b[31m red\n")
+for n in range(80_000):  # about 1.5 MB: past what the judge relays
+    print(f"flood line {n:06d}")
+sys.stdout.flush()
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+def test_output_of_any_shape_leaves_the_tail_bounded_and_the_result_read(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    kube.apply(agent_test("noisy", NOISY_AGENT, model_server.url))
+    status = kube.wait_for_phase("noisy", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    tail = status["logTail"]
+    assert len(tail.encode()) <= 8192
+    assert "[agenttest] case greets: PASS" in tail
+    assert "agent output over the log budget was dropped" in tail
+    assert not status.get("forgedLines")

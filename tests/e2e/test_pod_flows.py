@@ -8,6 +8,7 @@ server. The namespace enforces the restricted Pod Security profile.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ from typing import Any
 import pytest
 
 from agenttest import devcluster
-from agenttest.modelserver import ScriptedModelServer
+from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
+from agenttest.runner.protocol import RUN_KEY_ENV
 
+import forgeries
 from kubelet import FakeKubelet
 from support import (
     MANIFESTS,
     SIMPLE_AGENT,
+    SYSTEM_NAMESPACE,
     Kube,
     Operator,
     agent_test,
@@ -181,10 +185,34 @@ def test_operator_with_only_its_service_account_runs_pod_tests(
     kube = restricted
     cluster.kubectl("apply", "-k", str(MANIFESTS))
     as_operator = service_account_kubeconfig(cluster, tmp_path / "sa.kubeconfig", kube.namespace)
-    operator = start_operator(kubeconfig=as_operator)
+    operator = start_operator(kubeconfig=as_operator, operator_namespace=SYSTEM_NAMESPACE)
     kube.apply(on_pod("least-privilege", SIMPLE_AGENT, model_server.url))
     status = kube.wait_for_phase("least-privilege", "Succeeded", "Failed", "Error")["status"]
     assert status["phase"] == "Succeeded", status.get("message")
     kube.run("delete", "agenttest", "least-privilege", "--timeout=60s")
     assert not runner_pods(kube, "least-privilege")
     assert "forbidden" not in operator.log().lower()
+
+
+def test_no_agent_forges_its_verdict_on_the_pod_backend(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+) -> None:
+    kube = restricted
+    start_operator(max_running=6)
+    with ScriptedModelServer.from_script([*forgeries.SCRIPT, *DEFAULT_SCRIPT]) as model:
+        forgeries.apply_catalogue(kube, model.url, forgeries.CATALOGUE, backend="pod")
+        ended = forgeries.assert_all_failed(kube, forgeries.CATALOGUE)
+    for forgery in forgeries.CATALOGUE:
+        assert not ended[forgery.name]["status"].get("forgedLines"), forgery.name
+    hunt_tail = ended[forgeries.HUNTS_FOR_THE_KEY.name]["status"]["logTail"]
+    assert re.search(r"DENIED /proc/\d+/environ: PermissionError", hunt_tail), hunt_tail
+    # The key reached the judge through a Secret of the execution, never the pod spec.
+    for forgery in forgeries.CATALOGUE:
+        assert not runner_pods(kube, forgery.name) or all(
+            "value" not in env
+            for pod in runner_pods(kube, forgery.name)
+            for env in pod["spec"]["containers"][0]["env"]
+            if env["name"] == RUN_KEY_ENV
+        )

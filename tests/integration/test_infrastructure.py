@@ -24,7 +24,7 @@ import pytest
 
 from agenttest.backends.base import ExecutionKey, LaunchRequest
 from agenttest.backends.fargate import MAX_INLINE_CONFIG, FargateConfig, FargateExecutor
-from agenttest.runner.protocol import CONFIG_S3_ENV
+from agenttest.runner.protocol import CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings, _parse
 
 from support import ROOT
@@ -545,8 +545,12 @@ def test_fargate_backend_calls_match_the_operator_role(synth: Synth) -> None:
     [put] = [kwargs for _, operation, kwargs in calls if operation == "put_object"]
     assert put["Key"].startswith("test-artifacts/configs/team-a/big/")
     assert put["ServerSideEncryption"] == "AES256"
-    [environment] = runs[0]["overrides"]["containerOverrides"][0]["environment"]
-    assert environment == {"name": CONFIG_S3_ENV, "value": f"s3://the-bucket/{put['Key']}"}
+    environment = runs[0]["overrides"]["containerOverrides"][0]["environment"]
+    assert environment == [
+        {"name": CONFIG_S3_ENV, "value": f"s3://the-bucket/{put['Key']}"},
+        # The execution's signing key, for the judge's environment only.
+        {"name": RUN_KEY_ENV, "value": request.run_key},
+    ]
     executor._pool.shutdown(wait=True)
 
 

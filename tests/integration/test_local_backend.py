@@ -13,6 +13,7 @@ import pytest
 from agenttest.backends.base import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
 from agenttest.backends.local import LocalExecutor
 
+from containershim import kill_tree
 from support import pid_alive
 
 
@@ -124,7 +125,7 @@ def test_a_vanished_process_is_an_infrastructure_failure(tmp_path: Path) -> None
         execution_id = await executor.launch(request("import time\ntime.sleep(300)\n"))
         record = tmp_path / "runs" / execution_id
         pid = int((record / "pid").read_text().split()[0])
-        os.killpg(pid, 9)  # as if the host had killed it behind our back
+        kill_tree(pid)  # as if the host had killed it all behind our back
         while pid_alive(pid):
             await asyncio.sleep(0.05)
             await executor.observe(execution_id)  # reaps our child
@@ -139,3 +140,23 @@ def test_record_names_cannot_escape_the_state_directory(tmp_path: Path) -> None:
     executor = LocalExecutor(tmp_path / "runs")
     with pytest.raises(ValueError):
         asyncio.run(executor.observe("../etc"))
+
+
+def test_the_reader_moves_past_lines_longer_than_a_read_and_any_bytes(tmp_path: Path) -> None:
+    record = tmp_path / "runs" / "at-long"
+    record.mkdir(parents=True)
+    huge = b"y" * (600 * 1024)
+    (record / "output.log").write_bytes(
+        b"first\n" + huge + b"\n\xff\xfebinary\rstill one line\x0cand this\nlast\n"
+    )
+
+    async def scenario() -> list[str]:
+        executor = LocalExecutor(tmp_path / "runs")
+        (record / "exit_code").write_text("0")
+        return await read_everything(executor, "at-long")
+
+    lines = asyncio.run(scenario())
+    assert lines[0] == "first" and lines[-1] == "last"
+    # The long line arrives in pieces rather than stopping the reader; only \n splits.
+    assert "".join(lines[1:-2]) == huge.decode()
+    assert lines[-2] == "\ufffd\ufffdbinary\rstill one line\x0cand this"

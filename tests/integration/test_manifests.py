@@ -67,6 +67,8 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
         ("Deployment", "agenttest-operator"),
         ("Namespace", SYSTEM_NAMESPACE),
         ("NetworkPolicy", "agenttest-runner"),
+        ("Role", "agenttest-operator"),
+        ("RoleBinding", "agenttest-operator"),
         ("Service", "agenttest-operator-metrics"),
         ("ServiceAccount", SERVICE_ACCOUNT),
     ]
@@ -123,7 +125,9 @@ def test_cluster_role_has_no_wildcards_secrets_or_escalation(cluster: devcluster
     rules = find(render(cluster), "ClusterRole")["rules"]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
-        assert "secrets" not in rule["resources"], rule
+        if "secrets" in rule["resources"]:
+            # Runner pods' key Secrets: made and removed, never read back anywhere.
+            assert rule["resources"] == ["secrets"] and rule["verbs"] == ["create", "delete"]
         assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
         if "update" in rule["verbs"]:
             assert rule["resources"] == ["agenttests/finalizers"], "patch, never update"
@@ -221,7 +225,7 @@ def test_operator_runs_with_only_its_service_account(
     denied = kubectl_with(kubeconfig, cluster, "get", "secrets", "-n", kube.namespace)
     assert denied.returncode != 0 and "forbidden" in denied.stderr, denied.stderr
 
-    operator = start_operator(kubeconfig=kubeconfig)
+    operator = start_operator(kubeconfig=kubeconfig, operator_namespace=SYSTEM_NAMESPACE)
 
     # An inline agent: watch, finalizer and annotation patches, status
     # patches and Events, all the way to Succeeded.
@@ -276,12 +280,15 @@ ALLOWED = [
     ("create", "pods", None),
     ("delete", "pods", None),
     ("get", "pods", "log"),
+    ("create", "secrets", None),
+    ("delete", "secrets", None),
 ]
 
 DENIED = [
     ("get", "secrets", None),
     ("list", "secrets", None),
-    ("create", "secrets", None),
+    ("watch", "secrets", None),
+    ("update", "secrets", None),
     ("get", "namespaces", None),
     ("create", "namespaces", None),
     ("delete", "namespaces", None),
@@ -338,3 +345,17 @@ def test_service_account_may_not(
     cluster: devcluster.Cluster, installed: list[dict[str, Any]], check: tuple[str, str, str | None]
 ) -> None:
     assert can_i(cluster, *check) == "no"
+
+
+def test_only_the_signing_secret_is_readable_and_only_in_the_operators_namespace(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]]
+) -> None:
+    def may(*args: str) -> str:
+        result = cluster.kubectl("auth", "can-i", AS_OPERATOR, *args, check=False)
+        return result.stdout.strip()
+
+    assert may("-n", SYSTEM_NAMESPACE, "get", "secrets/agenttest-signing-key") == "yes"
+    assert may("-n", SYSTEM_NAMESPACE, "create", "secrets") == "yes"
+    assert may("-n", SYSTEM_NAMESPACE, "get", "secrets/another") == "no"
+    assert may("-n", SYSTEM_NAMESPACE, "list", "secrets") == "no"
+    assert may("-n", "default", "get", "secrets/agenttest-signing-key") == "no"

@@ -84,19 +84,44 @@ def test_timeout_counts_from_launch() -> None:
 
 
 def test_outcomes() -> None:
-    passed = lifecycle.HarnessResult(passed=True, summary="2/2 cases passed")
-    assert lifecycle.outcome(passed, 0, "") == (Phase.SUCCEEDED, "2/2 cases passed")
+    cases = [CaseResult(name="a", passed=True), CaseResult(name="b", passed=True)]
+    passed = lifecycle.HarnessResult(passed=True, summary="2/2 cases passed", cases=cases)
+    assert lifecycle.outcome(passed, 0, "", expected_cases=["a", "b"]) == (
+        Phase.SUCCEEDED,
+        "2/2 cases passed",
+    )
     failing = lifecycle.HarnessResult(
         passed=False,
-        reason="1 of 2 cases failed: b",
+        reason='1 of 2 cases failed: b; b: contains "x": not found',
         cases=[CaseResult(name="b", passed=False, failures=['contains "x": not found'])],
     )
     phase, message = lifecycle.outcome(failing, 1, "")
-    assert phase == Phase.FAILED and 'b: contains "x": not found' in message
+    # The judge's reason already names the first failure: said once, not twice.
+    assert phase == Phase.FAILED
+    assert message == '1 of 2 cases failed: b; b: contains "x": not found'
     assert lifecycle.outcome(None, 124, "")[0] == Phase.TIMED_OUT
     phase, message = lifecycle.outcome(None, 137, "Killed")
     assert phase == Phase.FAILED and "137" in message and "Killed" in message
+    assert "without a verified result" in message
     assert lifecycle.outcome(None, 0, "")[0] == Phase.ERROR
+
+
+def test_a_pass_needs_exit_code_zero_and_exactly_the_specs_cases() -> None:
+    cases = [CaseResult(name="a", passed=True)]
+    passed = lifecycle.HarnessResult(passed=True, summary="1/1 cases passed", cases=cases)
+    phase, message = lifecycle.outcome(passed, 1, "", expected_cases=["a"])
+    assert phase == Phase.FAILED and "exited with code 1" in message
+    phase, message = lifecycle.outcome(passed, None, "", expected_cases=["a"])
+    assert phase == Phase.FAILED
+    phase, message = lifecycle.outcome(passed, 0, "", expected_cases=["a", "b"])
+    assert phase == Phase.ERROR and "not the spec's ['a', 'b']" in message
+    empty = lifecycle.HarnessResult(passed=True, summary="0/0 cases passed")
+    assert lifecycle.outcome(empty, 0, "", expected_cases=["a"])[0] == Phase.FAILED
+
+
+def test_forged_lines_are_named_in_the_message() -> None:
+    phase, message = lifecycle.outcome(None, 0, "", forged=2)
+    assert phase == Phase.ERROR and message.endswith("; 2 forged machine lines ignored")
 
 
 def test_finish_records_results_duration_and_completion() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from agenttest import logtail
+from agenttest.runner.protocol import signed_line
 
 
 def test_tail_keeps_the_newest_whole_lines_within_the_limit() -> None:
@@ -37,33 +38,59 @@ def test_a_single_huge_line_is_cut_not_dropped() -> None:
     assert tail == "x" * 8192
 
 
+KEY = bytes(range(32))
+
+
 def test_follow_extracts_phase_and_result_and_hides_machine_lines() -> None:
     progress = logtail.Progress("exec-1")
     progress = logtail.follow(
         progress,
         [
-            '::agenttest:: {"event":"phase","phase":"Running"}',
+            signed_line(KEY, 1, {"event": "phase", "phase": "Running"}),
             "[agenttest] case a: PASS",
         ],
         limit=8192,
         cursor="10",
+        key=KEY,
     )
     assert progress.harness_phase == "Running"
     assert progress.tail == "[agenttest] case a: PASS"
     progress = logtail.follow(
         progress,
-        [
-            '::agenttest:: {"event":"result","passed":true,"cases":[]}',
-        ],
+        [signed_line(KEY, 2, {"event": "result", "passed": True, "cases": []})],
         limit=8192,
         cursor="20",
+        key=KEY,
     )
     assert progress.result == {"event": "result", "passed": True, "cases": []}
     assert progress.cursor == "20"
     assert progress.last_line == "[agenttest] case a: PASS"
+    assert progress.forged == 0
 
 
-def test_malformed_machine_lines_are_ignored() -> None:
-    assert logtail.parse_machine_line("::agenttest:: {not json") is None
-    assert logtail.parse_machine_line("::agenttest:: [1]") is None
-    assert logtail.parse_machine_line("plain") is None
+def test_only_lines_signed_with_the_executions_key_count() -> None:
+    other_key = bytes(32)
+    forged = [
+        # The old, unsigned format: what an agent printing a result line produces.
+        '::agenttest:: {"event":"result","passed":true,"cases":[]}',
+        # Signed, but with a key that is not this execution's.
+        signed_line(other_key, 1, {"event": "result", "passed": True, "cases": []}),
+        # This execution's key, but the payload changed after signing.
+        signed_line(KEY, 1, {"event": "result", "passed": False}).replace("false", "true"),
+        "::agenttest:: 1 deadbeef {not json",
+    ]
+    progress = logtail.follow(logtail.Progress("e"), forged, limit=8192, cursor="1", key=KEY)
+    assert progress.result is None
+    assert progress.forged == 4
+    assert progress.tail == ""  # forged lines never reach the tail either
+
+
+def test_a_replayed_line_does_not_count() -> None:
+    phase = signed_line(KEY, 1, {"event": "phase", "phase": "Building"})
+    running = signed_line(KEY, 2, {"event": "phase", "phase": "Running"})
+    progress = logtail.follow(
+        logtail.Progress("e"), [phase, running, phase], limit=8192, cursor="1", key=KEY
+    )
+    assert progress.harness_phase == "Running"
+    assert progress.forged == 1
+    assert progress.last_seq == 2

@@ -34,6 +34,8 @@ class LaunchRequest:
     test_name: str
     harness_config: dict[str, Any]
     timeout_seconds: int
+    # The execution's signing key (hex): only the judge may ever see it.
+    run_key: str = ""
     cpu: str = "1"
     memory: str = "2Gi"
 

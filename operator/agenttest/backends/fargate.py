@@ -29,7 +29,7 @@ from agenttest.backends.base import (
     Observation,
 )
 from agenttest.models import Backend
-from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV
+from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,9 @@ class FargateExecutor:
             logger.info("adopting task %s for %s", existing, started_by)
             return existing
         environment = await self._config_environment(request)
+        # Seen by whoever may DescribeTasks in the account (keep testers out of it),
+        # never by the agent host: the judge drops it before starting anything.
+        environment[RUN_KEY_ENV] = request.run_key
         arguments: dict[str, Any] = {
             "cluster": self.config.cluster,
             "taskDefinition": self.config.task_definition,

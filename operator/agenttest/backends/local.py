@@ -13,6 +13,7 @@ the whole group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from agenttest.backends.base import (
     Observation,
 )
 from agenttest.models import Backend
+from agenttest.runner.confine import descendants
+from agenttest.runner.protocol import RUN_KEY_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,14 @@ def _start_time(pid: int) -> str | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def split_lines(data: bytes) -> list[str]:
+    """Lines split at newlines only: a stray carriage return or form feed splits nothing."""
+    if not data:
+        return []
+    text = data.decode("utf-8", errors="replace")
+    return text.removesuffix("\n").split("\n")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -90,8 +101,8 @@ class LocalExecutor:
             raise ValueError(f"invalid local execution id {execution_id!r}")
         return self.state_dir / execution_id
 
-    def _environment(self, record: Path) -> dict[str, str]:
-        """Only what the harness needs: none of the operator's credentials."""
+    def _environment(self, record: Path, run_key: str) -> dict[str, str]:
+        """Only what the judge needs: none of the operator's credentials."""
         work = str(record / "work")
         env = {
             "PATH": f"{Path(sys.executable).parent}:{SAFE_PATH}",
@@ -102,6 +113,8 @@ class LocalExecutor:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         env.update({name: os.environ[name] for name in self.pass_env if name in os.environ})
+        # The supervisor hands it to the judge and keeps it from everything else.
+        env[RUN_KEY_ENV] = run_key
         return env
 
     def _pid(self, record: Path) -> tuple[int, str] | None:
@@ -133,7 +146,7 @@ class LocalExecutor:
         child = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "agenttest.backends.local_supervisor", str(record)],
             cwd=record,
-            env=self._environment(record),
+            env=self._environment(record, request.run_key),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=(record / "supervisor.log").open("wb"),
@@ -172,10 +185,19 @@ class LocalExecutor:
                 data = log_file.read(READ_CHUNK)
         except FileNotFoundError:
             return LogChunk([], cursor)
-        finished = (path.parent / "exit_code").exists() and len(data) < READ_CHUNK
-        end = len(data) if finished else data.rfind(b"\n") + 1
-        text = data[:end].decode(errors="replace")
-        return LogChunk(text.splitlines(), str(offset + end), more=len(data) == READ_CHUNK)
+        full = len(data) == READ_CHUNK
+        finished = (path.parent / "exit_code").exists() and not full
+        if finished:
+            end = len(data)
+        elif b"\n" in data:
+            end = data.rfind(b"\n") + 1
+        elif full:
+            # One line longer than a whole chunk: hand it on in pieces rather than
+            # wait forever for its end (the judge's own lines are far shorter).
+            end = len(data)
+        else:
+            end = 0
+        return LogChunk(split_lines(data[:end]), str(offset + end), more=full)
 
     async def stop(self, execution_id: str, reason: str) -> None:
         record = self._record(execution_id)
@@ -187,6 +209,12 @@ class LocalExecutor:
             return
         pgid = found[0]  # the supervisor leads its own process group
         for sig, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGKILL, 10.0)):
+            if sig == signal.SIGKILL:
+                # The agent host leads a session of its own, out of the group's reach:
+                # end everything below the supervisor before the supervisor itself.
+                for pid in descendants(pgid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
             try:
                 os.killpg(pgid, sig)
             except ProcessLookupError:

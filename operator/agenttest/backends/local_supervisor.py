@@ -1,4 +1,4 @@
-"""Runs the harness for the local backend and records how it ended.
+"""Runs the judge for the local backend and records how it ended.
 
 Started by the local backend as the leader of a new session, so it outlives
 an operator restart. It writes the harness's exit code into the record
@@ -15,8 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agenttest.runner.confine import become_subreaper, kill_descendants, make_non_dumpable
+from agenttest.runner.protocol import RUN_KEY_ENV
+
 
 def supervise(record: Path) -> int:
+    # The judge's key is in our environment: close /proc/<self> to the agent host,
+    # and pass the key on to the judge alone.
+    make_non_dumpable()
+    # Whatever the judge's children leave behind (the judge itself killed) is ours
+    # to end, as the kernel ends a container's processes with its init.
+    become_subreaper()
+    run_key = os.environ.pop(RUN_KEY_ENV, "")
     work = record / "work"
     work.mkdir(exist_ok=True)
     # A SIGTERM sent to the process group reaches the harness too; outliving
@@ -37,8 +47,10 @@ def supervise(record: Path) -> int:
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, RUN_KEY_ENV: run_key},
         )
         code = harness.wait()
+    kill_descendants()
     partial = record / "exit_code.partial"
     partial.write_text(str(code))
     partial.replace(record / "exit_code")

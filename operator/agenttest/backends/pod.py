@@ -28,10 +28,12 @@ from agenttest.backends.base import (
     Observation,
 )
 from agenttest.models import API_VERSION, Backend
+from agenttest.runner.protocol import RUN_KEY_ENV
 
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "config.json"
+RUN_KEY_KEY = "runKey"  # the data key of the execution's Secret
 CONFIG_MOUNT = "/etc/agenttest"
 WORK_DIR = "/tmp/work"
 RUNNER_UID = 10001
@@ -84,6 +86,27 @@ def config_map_manifest(request: LaunchRequest) -> dict[str, Any]:
     }
 
 
+def key_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
+    """The execution's signing key, for the judge's environment only.
+
+    A Secret rather than a literal in the pod spec, which everyone who may read
+    pods in the namespace could see; never mounted as a file, which the agent host
+    (same user, same container) could read.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": request.key.name,
+            "namespace": request.namespace,
+            "labels": labels(request),
+            "ownerReferences": [owner(request)],
+        },
+        "type": "Opaque",
+        "stringData": {RUN_KEY_KEY: request.run_key},
+    }
+
+
 def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") -> dict[str, Any]:
     """The Pod for one execution (pure: unit-tested, and what the fixture runs)."""
     resources = {"cpu": request.cpu, "memory": request.memory}
@@ -108,6 +131,12 @@ def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") ->
                 "env": [
                     {"name": "PYTHONUNBUFFERED", "value": "1"},
                     {"name": "HOME", "value": "/tmp"},
+                    {
+                        "name": RUN_KEY_ENV,
+                        "valueFrom": {
+                            "secretKeyRef": {"name": request.key.name, "key": RUN_KEY_KEY}
+                        },
+                    },
                 ],
                 "resources": {"requests": resources, "limits": resources},
                 "securityContext": {
@@ -206,7 +235,7 @@ def split_timestamped(text: str, cursor: str | None) -> tuple[list[str], str | N
     last, count = (int(part) for part in cursor.split(":")) if cursor else (-1, 0)
     skip = count
     lines = []
-    for raw in text.splitlines():
+    for raw in text.split("\n"):  # newlines only: a stray \r or \f splits nothing
         stamp, _, line = raw.partition(" ")
         try:
             at = _nanos(stamp)
@@ -265,6 +294,7 @@ class PodExecutor:
         api = self._api()
         execution_id = f"{request.namespace}/{request.key.name}"
         for create, body in (
+            (api.create_namespaced_secret, key_secret_manifest(request)),
             (api.create_namespaced_config_map, config_map_manifest(request)),
             (api.create_namespaced_pod, pod_manifest(request, self.image, self.runtime_class)),
         ):
@@ -290,9 +320,14 @@ class PodExecutor:
             arguments["since_seconds"] = max(1, math.ceil(age) + 5)
         api = self._api()
         try:
-            text = await kubeapi.call(
-                lambda: api.read_namespaced_pod_log(name, namespace, **arguments)
+            # Raw bytes, decoded with replacement: a kubelet serves whatever the
+            # container wrote, and the client's strict decoding would fail on it.
+            response = await kubeapi.call(
+                lambda: api.read_namespaced_pod_log(
+                    name, namespace, _preload_content=False, **arguments
+                )
             )
+            text = bytes(response.data).decode("utf-8", errors="replace")
         except kubeapi.Gone:
             return LogChunk([], cursor)
         except Exception as error:
@@ -307,7 +342,11 @@ class PodExecutor:
         namespace, name = self._split(execution_id)
         api = self._api()
         grace = max(0, round(self.stop_grace))
-        for delete in (api.delete_namespaced_pod, api.delete_namespaced_config_map):
+        for delete in (
+            api.delete_namespaced_pod,
+            api.delete_namespaced_config_map,
+            api.delete_namespaced_secret,
+        ):
             with contextlib.suppress(kubeapi.Gone):
                 await kubeapi.call(lambda d=delete: d(name, namespace, grace_period_seconds=grace))
         deadline = time.monotonic() + self.stop_timeout

@@ -1,31 +1,30 @@
-"""Turning the user's agent.py into Agents that talk to the configured model.
+"""Turning the user's agent.py into Agents that talk to the judge's model gateway.
 
-Everything here can fail because of the user's code or requirements; such failures are
-raised as SetupError with a one-line reason fit for the AgentTest status.
+Runs in the agent host only. Everything here can fail because of the user's code;
+such failures are raised as SetupError with a one-line reason fit for the status.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
-import re
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from strands import Agent
-from strands.handlers.callback_handler import null_callback_handler
 from strands.models import Model
 
 from agenttest.runner.config import ModelConfig
 
 MODULE_NAME = "agent_under_test"
 AGENT_FILE = "agent.py"
-PIP_ERROR_LINES = 3  # how much of pip's output makes it into the reason
+# The agent host signs its model calls with these for the gateway, which drops them and
+# signs again with the judge's own credentials: the agent never holds a real one.
+THROWAWAY_ACCESS_KEY = "AKIDAGENTTESTGATEWAY"
+THROWAWAY_SECRET_KEY = "the-gateway-re-signs-every-request"
 
 
 class SetupError(Exception):
@@ -34,65 +33,6 @@ class SetupError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-# --------------------------------------------------------------------------- requirements
-
-
-def _project_name(requirement: str) -> str:
-    # "Foo-Bar[x]>=1 ; python_version>'3'" -> "foo-bar": enough to spot it in pip's output.
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
-    return match.group(1).lower() if match else requirement.strip().lower()
-
-
-def blamed_requirements(requirements: Sequence[str], pip_output: str) -> list[str]:
-    """The requirements pip's output mentions; all of them when it names none."""
-    lowered = pip_output.lower()
-    named = [r for r in requirements if _project_name(r) in lowered]
-    return named or list(requirements)
-
-
-def pip_error_summary(output: str, count: int = PIP_ERROR_LINES) -> str:
-    """pip's last few ERROR lines (or last lines), joined to fit on one line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR")]
-    return " | ".join((errors or lines)[-count:])
-
-
-def install_requirements(requirements: Sequence[str], site_dir: Path, timeout: float) -> None:
-    """pip-install into ``site_dir`` and put it first on sys.path.
-
-    --target keeps the image's own site-packages untouched, so a bad requirement
-    cannot break strands itself for the rest of the run.
-    """
-    options = [r for r in requirements if r.lstrip().startswith("-")]
-    if options:
-        # Requirements come from the CRD; pip options there could redirect indexes.
-        raise SetupError(
-            f"requirement install failed: {options[0]!r} is a pip option, not a requirement"
-        )
-
-    command = [
-        sys.executable, "-m", "pip", "install",
-        "--disable-pip-version-check", "--no-input", "--quiet",
-        "--target", str(site_dir),
-        *requirements,
-    ]  # fmt: skip
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as error:
-        # The builtin type lets callers handle it without knowing pip runs in a subprocess.
-        raise TimeoutError(f"pip install did not finish within {timeout:.0f}s") from error
-    if completed.returncode != 0:
-        output = completed.stderr.strip() or completed.stdout.strip()
-        blamed = ", ".join(blamed_requirements(requirements, output))
-        details = pip_error_summary(output) or f"pip exited with {completed.returncode}"
-        raise SetupError(f"requirement install failed: {blamed}: {details}")
-
-    sys.path.insert(0, str(site_dir))
-    importlib.invalidate_caches()
 
 
 # --------------------------------------------------------------------------- agent.py
@@ -128,7 +68,7 @@ def load_agent_module(source: str, workdir: Path) -> ModuleType:
 
 
 def build_model(config: ModelConfig) -> Model:
-    """The strands model provider for the configured model.
+    """The strands model provider for the configured model, at the gateway's address.
 
     Providers are imported lazily: each needs its own optional client library, and an
     image built for one provider need not carry the other's.
@@ -142,9 +82,17 @@ def build_model(config: ModelConfig) -> Model:
             from strands.models.ollama import OllamaModel
 
             return OllamaModel(host=config.endpoint, **options)
+        import boto3
         from strands.models.bedrock import BedrockModel
 
-        return BedrockModel(region_name=config.region, endpoint_url=config.endpoint, **options)
+        # Explicit throwaway credentials: boto3's default chain is never consulted, and
+        # the agent's environment holds no AWS variable at all.
+        session = boto3.Session(
+            aws_access_key_id=THROWAWAY_ACCESS_KEY,
+            aws_secret_access_key=THROWAWAY_SECRET_KEY,
+            region_name=config.region or "us-east-1",
+        )
+        return BedrockModel(boto_session=session, endpoint_url=config.endpoint, **options)
     except ImportError as error:
         raise SetupError(
             f"model provider {config.provider} is not installed in the test image: {error}"
@@ -170,13 +118,6 @@ def _takes_one_positional(factory: Callable[..., object]) -> bool:
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
     return any(p.kind in positional for p in params)
-
-
-def _quiet(agent: Agent) -> Agent:
-    # The default handler streams the answer to stdout, which would garble the log;
-    # the harness prints each answer itself.
-    agent.callback_handler = null_callback_handler
-    return agent
 
 
 class AgentSupplier:
@@ -220,7 +161,7 @@ class AgentSupplier:
             )
         if not pass_model:
             made.model = self._model
-        return _quiet(made)
+        return made
 
     def fresh(self) -> Agent:
         """An agent with no conversation history, wired to the configured model."""
@@ -228,7 +169,7 @@ class AgentSupplier:
             # Agent.model and Agent.messages are plain attributes, read on every call.
             self._agent.model = self._model
             self._agent.messages = []
-            return _quiet(self._agent)
+            return self._agent
         if self._spare is not None:
             spare, self._spare = self._spare, None
             return spare

@@ -1,12 +1,24 @@
-"""What the harness prints: readable log lines and machine lines for the operator.
+"""What the judge prints: readable log lines and signed machine lines for the operator.
 
-The operator tails the container's stdout live. Lines starting with MACHINE_PREFIX carry
-compact JSON events; the last line of a run is always the result event. Everything else
-is for people reading the log.
+The operator tails the execution's output live. Lines starting with MACHINE_PREFIX carry
+compact JSON events, each with a sequence number and an HMAC made with the attempt's key,
+which only the judge holds; the operator acts on a machine line only when it verifies.
+The last line of a run is always the result event. Everything else is for people
+reading the log: the judge's own lines start with LOG_PREFIX, and whatever the agent
+host printed is relayed with AGENT_PREFIX, so no byte the agent under test (or its
+model) writes can begin a line of the execution's output.
+
+Line format::
+
+    ::agenttest:: <seq> <hmac-sha256 hex> <json>
+
+where the HMAC covers ``"<seq> <json>"``, and ``seq`` starts at 1 and only increases.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Sequence
@@ -15,9 +27,16 @@ from typing import Any, TextIO
 
 MACHINE_PREFIX = "::agenttest:: "
 LOG_PREFIX = "[agenttest] "
+AGENT_PREFIX = "[agent] "
+
+# The judge finds the attempt's signing key (hex) here, and removes it from its
+# environment before it starts anything else.
+RUN_KEY_ENV = "AGENTTEST_RUN_KEY"
 
 OUTPUT_LIMIT = 2000  # characters of an answer kept in the result
 LOG_ANSWER_LIMIT = 500  # characters of an answer shown in the log
+FAILURE_LIMIT = 1000  # characters of one failure text kept in the result
+TOOL_CALLS_LIMIT = 100  # tool names kept per case in the result
 
 # Where the harness finds its configuration when not given --config: the JSON
 # itself, or (when too large for a task's environment) an S3 URI holding it.
@@ -41,6 +60,77 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# --------------------------------------------------------------------------- signing
+
+
+class ForgedLine(ValueError):
+    """A line that looks like a machine line but was not written by the judge."""
+
+
+def parse_run_key(text: str) -> bytes:
+    """The key as the operator hands it over: hex; anything else is used as its bytes."""
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode()
+
+
+def _mac(key: bytes, seq: int, payload: str) -> str:
+    return hmac.new(key, f"{seq} {payload}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_line(key: bytes, seq: int, event: dict[str, Any]) -> str:
+    """One machine line; ASCII-only JSON survives any locale and log pipeline unchanged."""
+    payload = json.dumps(event, separators=(",", ":"))
+    return f"{MACHINE_PREFIX}{seq} {_mac(key, seq, payload)} {payload}"
+
+
+def verify_line(key: bytes, line: str, after_seq: int) -> tuple[int, dict[str, Any]]:
+    """The sequence number and event of a machine line that verifies.
+
+    Raises ForgedLine for a line that starts like a machine line but does not carry
+    a valid HMAC under ``key``, is not a JSON object, or repeats an older sequence
+    number (a replayed line).
+    """
+    body = line[len(MACHINE_PREFIX) :] if line.startswith(MACHINE_PREFIX) else ""
+    seq_text, _, rest = body.partition(" ")
+    mac, _, payload = rest.partition(" ")
+    if not seq_text.isdigit() or len(seq_text) > 12:
+        raise ForgedLine("no sequence number")
+    seq = int(seq_text)
+    if not hmac.compare_digest(mac, _mac(key, seq, payload)):
+        raise ForgedLine("bad signature")
+    if seq <= after_seq:
+        raise ForgedLine(f"replayed sequence number {seq}")
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError:
+        raise ForgedLine("signed payload is not JSON") from None
+    if not isinstance(event, dict):
+        raise ForgedLine("signed payload is not an object")
+    return seq, event
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the judge's model gateway saw while one case ran (never the agent's word)."""
+
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modelCalls": self.model_calls,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "toolCalls": list(self.tool_calls[:TOOL_CALLS_LIMIT]),
+        }
+
+
 @dataclass(frozen=True)
 class CaseOutcome:
     name: str
@@ -48,15 +138,19 @@ class CaseOutcome:
     latency_seconds: float
     output: str = ""
     failures: tuple[str, ...] = ()
+    observed: Observation | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        result = {
             "name": self.name,
             "passed": self.passed,
             "latencySeconds": round(self.latency_seconds, 3),
             "output": truncate(self.output, OUTPUT_LIMIT),
-            "failures": list(self.failures),
+            "failures": [truncate(failure, FAILURE_LIMIT) for failure in self.failures],
         }
+        if self.observed is not None:
+            result.update(self.observed.to_json())
+        return result
 
 
 @dataclass(frozen=True)
@@ -65,6 +159,7 @@ class RunResult:
     reason: str
     total_cases: int
     cases: tuple[CaseOutcome, ...] = field(default=())
+    timed_out: bool = False  # the run outlived its timeout (exit code EXIT_TIMED_OUT)
 
     @property
     def summary(self) -> str:
@@ -86,7 +181,7 @@ def failed_setup(reason: str, total_cases: int) -> RunResult:
     return RunResult(passed=False, reason=reason, total_cases=total_cases)
 
 
-def judge(cases: Sequence[CaseOutcome], total_cases: int) -> RunResult:
+def verdict(cases: Sequence[CaseOutcome], total_cases: int) -> RunResult:
     """The result of a run whose cases all ran."""
     failed = [case.name for case in cases if not case.passed]
     if not failed:
@@ -102,12 +197,14 @@ def judge(cases: Sequence[CaseOutcome], total_cases: int) -> RunResult:
 class Emitter:
     """Writes lines to the log stream, flushing each, and keeps the result line last.
 
-    The lock matters because the watchdog thread may print the result while the main
-    thread is still running a case; once a result is out, later lines are dropped.
+    The lock matters because relay threads print the agent host's output while the main
+    thread reports cases; once a result is out, later lines are dropped.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, key: bytes) -> None:
         self._stream = stream
+        self._key = key
+        self._seq = 0
         self.lock = threading.RLock()
         self._finished = False
 
@@ -121,9 +218,14 @@ class Emitter:
     def log(self, message: str) -> None:
         self._write(LOG_PREFIX + message)
 
+    def relay(self, line: str) -> None:
+        """A line the agent host printed, already made safe by the relay."""
+        self._write(AGENT_PREFIX + line)
+
     def machine(self, event: dict[str, Any]) -> None:
-        # ASCII-only JSON survives any container locale and log pipeline unchanged.
-        self._write(MACHINE_PREFIX + json.dumps(event, separators=(",", ":")))
+        with self.lock:
+            self._seq += 1
+            self._write(signed_line(self._key, self._seq, event))
 
     def phase(self, name: str) -> None:
         self.machine({"event": "phase", "phase": name})
