@@ -17,8 +17,10 @@ from agenttest.runner import confine
 from agenttest.runner.channel import MAX_MESSAGE, Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.protocol import (
     MACHINE_PREFIX,
+    CaseOutcome,
     Emitter,
     ForgedLine,
+    RunResult,
     signed_line,
     verify_line,
 )
@@ -214,3 +216,16 @@ def test_a_non_dumpable_process_keeps_its_environment_from_a_process_without_cap
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_a_result_line_of_fifty_long_answers_stays_one_line_for_every_log_pipeline() -> None:
+    cases = tuple(
+        CaseOutcome(f"case-{n}", False, 1.0, "é" * 5000, tuple("x" * 2000 for _ in range(5)))
+        for n in range(50)
+    )
+    result = RunResult(passed=False, reason="r" * 5000, total_cases=50, cases=cases)
+    line = signed_line(KEY, 1, result.to_json())
+    assert len(line.encode()) < 256 * 1024
+    _, event = verify_line(KEY, line, 0)
+    assert len(event["cases"]) == 50
+    assert all(len(case["failures"]) == 5 for case in event["cases"])

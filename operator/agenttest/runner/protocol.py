@@ -36,6 +36,8 @@ RUN_KEY_ENV = "AGENTTEST_RUN_KEY"
 OUTPUT_LIMIT = 2000  # characters of an answer kept in the result
 LOG_ANSWER_LIMIT = 500  # characters of an answer shown in the log
 FAILURE_LIMIT = 1000  # characters of one failure text kept in the result
+# The result line's size: below what CloudWatch Logs keeps as one event (256 KiB).
+RESULT_LINE_LIMIT = 192 * 1024
 TOOL_CALLS_LIMIT = 100  # tool names kept per case in the result
 
 # Where the harness finds its configuration when not given --config: the JSON
@@ -140,13 +142,15 @@ class CaseOutcome:
     failures: tuple[str, ...] = ()
     observed: Observation | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(
+        self, output_limit: int = OUTPUT_LIMIT, failure_limit: int = FAILURE_LIMIT
+    ) -> dict[str, Any]:
         result = {
             "name": self.name,
             "passed": self.passed,
             "latencySeconds": round(self.latency_seconds, 3),
-            "output": truncate(self.output, OUTPUT_LIMIT),
-            "failures": [truncate(failure, FAILURE_LIMIT) for failure in self.failures],
+            "output": truncate(self.output, output_limit),
+            "failures": [truncate(failure, failure_limit) for failure in self.failures],
         }
         if self.observed is not None:
             result.update(self.observed.to_json())
@@ -167,13 +171,24 @@ class RunResult:
         return f"{passed}/{self.total_cases} cases passed"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "event": "result",
-            "passed": self.passed,
-            "reason": self.reason,
-            "summary": self.summary,
-            "cases": [case.to_json() for case in self.cases],
-        }
+        """The result event, within RESULT_LINE_LIMIT: answers are cut shorter to fit.
+
+        One line must travel whole through every log pipeline (CloudWatch Logs
+        splits events over 256 KiB), so fifty long answers share the room.
+        """
+        output_limit, failure_limit = OUTPUT_LIMIT, FAILURE_LIMIT
+        while True:
+            event = {
+                "event": "result",
+                "passed": self.passed,
+                "reason": truncate(self.reason, FAILURE_LIMIT),
+                "summary": self.summary,
+                "cases": [case.to_json(output_limit, failure_limit) for case in self.cases],
+            }
+            size = len(json.dumps(event, separators=(",", ":")))
+            if size <= RESULT_LINE_LIMIT or output_limit <= 40:
+                return event
+            output_limit, failure_limit = output_limit // 2, max(80, failure_limit // 2)
 
 
 def failed_setup(reason: str, total_cases: int) -> RunResult:
