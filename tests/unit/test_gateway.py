@@ -468,6 +468,23 @@ def test_calls_without_an_open_case_are_refused_and_counted(
     assert ollama_gateway.close_case().refused == 0
 
 
+def test_only_the_tests_model_is_forwarded(model: ScriptedModelServer) -> None:
+    upstream = Upstream("ollama", model.url, models=("scripted",))
+    with ModelGateway(upstream) as gateway:
+        client = ollama.Client(host=gateway.url)
+        gateway.open_case("elsewhere")
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.chat(model="an-expensive-one", messages=[user("hello")])
+        client.chat(model="scripted", messages=[user("hello")])
+        observed = gateway.close_case()
+    assert caught.value.status_code == 403
+    assert "not 'an-expensive-one'" in caught.value.error
+    refused, forwarded = observed.calls
+    assert (refused.status, refused.model) == (403, "an-expensive-one")
+    assert forwarded.status == 200
+    assert [r["model"] for r in model.requests] == ["scripted"]
+
+
 def test_bedrock_refusal_is_an_error_botocore_reads(bedrock_gateway: ModelGateway) -> None:
     with pytest.raises(ClientError) as caught:
         agent_bedrock_client(bedrock_gateway.url).converse(

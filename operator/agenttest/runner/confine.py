@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,26 @@ def scrubbed_environment(home: Path) -> dict[str, str]:
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_NO_INPUT": "1",
     }
+
+
+def spawn(
+    argv: list[str], home: Path, stderr: int, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start untrusted code: scrubbed environment, its own directory and session.
+
+    Its output is a pipe for the judge to relay; it drops its own capabilities as its
+    first act (agenthost.py, sandbox.py), since only code running in it can.
+    """
+    return subprocess.Popen(
+        argv,
+        cwd=home,
+        env=scrubbed_environment(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        pass_fds=pass_fds,
+        start_new_session=True,
+    )
 
 
 # --------------------------------------------------------------------------- ending a run

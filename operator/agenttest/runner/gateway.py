@@ -184,6 +184,9 @@ class Upstream:
     provider: str  # "ollama" | "bedrock"
     endpoint: str | None = None  # Ollama's base URL; for Bedrock an optional override
     region: str | None = None  # Bedrock only; default: the judge's configured region
+    # The model ids the gateway forwards calls for (empty: any). The judge's own
+    # credentials sign Bedrock calls, so the agent must not pick what they pay for.
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.provider not in ("ollama", "bedrock"):
@@ -723,6 +726,11 @@ class ModelGateway:
     def _model_call(
         self, handler: _Handler, body: bytes, started: float, api: str, model: str
     ) -> None:
+        if api == API_OLLAMA_CHAT:
+            model = _requested_ollama_model(body)
+        if self.upstream.models and model not in self.upstream.models:
+            self._refuse_model(handler, started, api, model)
+            return
         begun = self._begin_call(api, model, started)
         if begun is None:
             handler.send_json_error(
@@ -740,6 +748,19 @@ class ModelGateway:
             self._end_call(case, ticket, ModelCall(api, model, 0, latency, None, None, (), reason))
             raise
         self._end_call(case, ticket, call)
+
+    def _refuse_model(self, handler: _Handler, started: float, api: str, model: str) -> None:
+        """403 for a model the test did not name; recorded when a case is running."""
+        allowed = ", ".join(self.upstream.models)
+        reason = f"the model gateway forwards calls for {allowed} only, not {model!r}"
+        begun = self._begin_call(api, model, started)
+        handler.send_json_error(HTTPStatus.FORBIDDEN, reason)
+        if begun is not None:
+            case, ticket = begun
+            latency = time.perf_counter() - started
+            self._end_call(
+                case, ticket, ModelCall(api, model, 403, latency, None, None, (), reason)
+            )
 
     def _forward_model_call(
         self, handler: _Handler, body: bytes, api: str, model: str, started: float
@@ -908,6 +929,15 @@ def _default_chain(session: Any) -> CredentialsProvider:
             return resolved[0] if resolved else None
 
     return credentials
+
+
+def _requested_ollama_model(body: bytes) -> str:
+    try:
+        request = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    model = request.get("model") if isinstance(request, dict) else None
+    return model if isinstance(model, str) else ""
 
 
 def _pieces(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:

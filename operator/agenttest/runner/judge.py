@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from agenttest.runner.channel import Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.config import Case, ConfigError, ModelConfig, RunConfig, parse_config_text
-from agenttest.runner.confine import children, kill_descendants, scrubbed_environment
+from agenttest.runner.confine import children, kill_descendants, spawn
 from agenttest.runner.expectations import check_answer
 from agenttest.runner.protocol import (
     CONFIG_ENV,
@@ -119,15 +119,8 @@ class AgentHost:
         if site is not None:
             argv += ["--site", str(site)]
         try:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=workdir,
-                env=scrubbed_environment(workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(host_end.fileno(),),
-                start_new_session=True,
+            self.process = spawn(
+                argv, workdir, stderr=subprocess.PIPE, pass_fds=(host_end.fileno(),)
             )
         finally:
             host_end.close()
@@ -335,7 +328,12 @@ class Run:
             from agenttest.runner.gateway import ModelGateway, Upstream
 
             gateway = ModelGateway(
-                Upstream(config.model.provider, config.model.endpoint, config.model.region)
+                Upstream(
+                    config.model.provider,
+                    config.model.endpoint,
+                    config.model.region,
+                    models=(config.model.model_id,),
+                )
             ).start()
             self.out.log(f"loading agent.py, entrypoint {config.entrypoint!r}")
             agent_model = ModelConfig(

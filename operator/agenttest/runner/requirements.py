@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agenttest.runner.confine import scrubbed_environment
+from agenttest.runner.confine import spawn
 
 PIP_ERROR_LINES = 3  # how much of pip's output makes it into the reason
 
@@ -69,15 +69,7 @@ def install_requirements(
         "--target", str(site_dir),
         *requirements,
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        cwd=home,
-        env=scrubbed_environment(home),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = spawn(command, home, stderr=subprocess.STDOUT)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as error:
