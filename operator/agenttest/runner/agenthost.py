@@ -44,9 +44,6 @@ def _model_config(raw: dict[str, Any]) -> Any:
 
 
 def serve(channel: Channel, workdir: Path) -> int:
-    setup = channel.receive()
-    # Imported only now, after privileges are gone: strands is large, and nothing of
-    # the user's (requirements on sys.path) may load before that.
     from agenttest.runner.agentloader import (
         AgentSupplier,
         SetupError,
@@ -54,6 +51,7 @@ def serve(channel: Channel, workdir: Path) -> int:
         load_agent_module,
     )
 
+    setup = channel.receive()
     try:
         module = load_agent_module(str(setup["agentSource"]), workdir)
         model = build_model(_model_config(setup["model"]))
@@ -89,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--site", help="the agent's installed requirements, first on sys.path")
     args = parser.parse_args(argv)
+    # Strands first, while the judge is still setting up: it takes most of the start-up
+    # time, and it must load the image's own dependencies, not versions the agent's
+    # requirements would put ahead of them.
+    import agenttest.runner.agentloader  # noqa: F401
+
     if args.site:
         sys.path.insert(0, args.site)
         importlib.invalidate_caches()
