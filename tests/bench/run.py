@@ -45,9 +45,10 @@ from kubernetes import client, config, watch
 from runner import first_case_latency
 
 from agenttest import devcluster
-from agenttest.backends.base import ExecutionKey
+from agenttest.executions import ExecutionKey
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
 from agenttest.modelserver import ScriptedModelServer
+from agenttest.runner.protocol import AGENT_PREFIX
 
 from fargate import AwsEnvironment, FargatePlayer
 from kubelet import FakeKubelet
@@ -180,6 +181,8 @@ def tick_delays(names: list[str], recorder: Recorder) -> list[float]:
         with recorder.lock:
             for arrived, obj in recorder.events[name]:
                 for line in (obj.get("status", {}).get("logTail") or "").splitlines():
+                    # The agent's output reaches the log through the judge's relay.
+                    line = line.removeprefix(AGENT_PREFIX)
                     if line.startswith("tick ") and line not in first_seen:
                         first_seen[line] = arrived
         for line, arrived in first_seen.items():
