@@ -1,4 +1,4 @@
-"""The in-container harness, run against the real scripted model server.
+"""The runner (judge and agent host), run against the real scripted model server.
 
 Most scenarios run twice: in-process through ``main()`` (fast, easy to debug) and as
 ``python -m agenttest.runner`` in a subprocess, which is how the container runs it and
@@ -42,7 +42,7 @@ SCRIPT: list[dict[str, Any]] = [
     *DEFAULT_SCRIPT,
 ]
 
-# An Agent object whose own model points nowhere: passing proves the harness replaced it.
+# An Agent object whose own model points nowhere: passing proves the runner replaced it.
 AGENT_OBJECT = """\
 from strands import Agent
 from strands.models.ollama import OllamaModel
@@ -86,7 +86,7 @@ MODES = ["in-process", "subprocess"]
 
 
 @dataclass
-class HarnessRun:
+class RunnerRun:
     exit_code: int
     stdout: str
 
@@ -147,10 +147,10 @@ def make_config(
     }
 
 
-def run_harness(
+def run_runner(
     mode: str, config: dict[str, Any] | str, workdir: Path, capsys: pytest.CaptureFixture[str]
-) -> HarnessRun:
-    """Run the harness on a config (dict, or raw text for broken configs)."""
+) -> RunnerRun:
+    """Run the runner on a config (dict, or raw text for broken configs)."""
     config_path = workdir / "config.json"
     config_path.write_text(config if isinstance(config, str) else json.dumps(config))
     if mode == "in-process":
@@ -159,7 +159,7 @@ def run_harness(
             ["--config", str(config_path), "--workdir", str(workdir)],
             environ={RUN_KEY_ENV: KEY.hex()},
         )
-        return HarnessRun(code, capsys.readouterr().out)
+        return RunnerRun(code, capsys.readouterr().out)
     # No --workdir: the container relies on the default, the current directory.
     completed = subprocess.run(
         [sys.executable, "-m", "agenttest.runner", "--config", str(config_path)],
@@ -173,7 +173,7 @@ def run_harness(
         },
     )
     assert "Traceback" not in completed.stderr, completed.stderr
-    return HarnessRun(completed.returncode, completed.stdout)
+    return RunnerRun(completed.returncode, completed.stdout)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -191,7 +191,7 @@ def test_all_cases_pass(
             "expect": {"contains": ["Paris"], "notContains": ["Berlin"], "regex": r"Paris\.$"},
         },
     ]
-    run = run_harness(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
 
     assert run.exit_code == 0
     assert run.phases == ["Building", "Running"]
@@ -210,8 +210,11 @@ def test_all_cases_pass(
     assert greets["tokens"] == {"input": 2, "output": 9}
     assert re.search(r"^\[agenttest\] case greets: PASS \(\d+\.\d\ds\)$", run.stdout, re.M)
     assert f"[agenttest]   answer: {GREETING}" in run.lines
-    # The agent host's own output (Strands' default handler streams the answer) is relayed.
-    assert f"[agent] {GREETING}" in run.lines
+    # The agent host's own output (Strands' default handler streams the answer) is relayed,
+    # before the judge's verdict on it.
+    assert run.lines.index(f"[agent] {GREETING}") < run.lines.index(
+        f"[agenttest]   answer: {GREETING}"
+    )
     # The agent worked in a directory of its own, removed afterwards.
     assert not list(tmp_path.glob("agent-*"))
 
@@ -224,7 +227,7 @@ def test_failing_contains_names_the_expectation(
         {"name": "greets", "query": "hello", "expect": {"contains": ["hello"]}},
         {"name": "capital", "query": "capital of France?", "expect": {"contains": ["Berlin"]}},
     ]
-    run = run_harness(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
 
     assert run.exit_code == 1
     assert run.result["passed"] is False
@@ -246,7 +249,7 @@ def test_syntax_error_names_the_line(
 ) -> None:
     source = "from strands import Agent\n\nagent = Agent(\n"
     config = make_config(server.url, source, [{"name": "a", "query": "hi"}])
-    run = run_harness(mode, config, tmp_path, capsys)
+    run = run_runner(mode, config, tmp_path, capsys)
 
     assert run.exit_code == 1
     assert re.fullmatch(r"agent\.py has a syntax error at line 3: .+", run.result["reason"])
@@ -259,7 +262,7 @@ def test_missing_entrypoint(
     mode: str, server: ScriptedModelServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = make_config(server.url, "x = 1\n", [{"name": "a", "query": "hi"}])
-    run = run_harness(mode, config, tmp_path, capsys)
+    run = run_runner(mode, config, tmp_path, capsys)
 
     assert run.exit_code == 1
     assert run.result["reason"] == "entrypoint 'agent' not found in agent.py"
@@ -272,7 +275,7 @@ def test_unreachable_model_fails_every_case_readably(
 ) -> None:
     url = closed_port_url()
     cases = [{"name": "first", "query": "hi"}, {"name": "second", "query": "hi"}]
-    run = run_harness(mode, make_config(url, AGENT_OBJECT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(url, AGENT_OBJECT, cases), tmp_path, capsys)
 
     assert run.exit_code == 1
     # The gateway saw the upstream refuse: that, not the agent's own exception, is said.
@@ -291,7 +294,7 @@ def test_factory_receives_the_model_and_each_case_starts_fresh(
         {"name": "two", "query": "capital of France", "expect": {"contains": ["Paris"]}},
     ]
     config = make_config(server.url, FACTORY_TAKING_MODEL, cases, entrypoint="make_agent")
-    run = run_harness(mode, config, tmp_path, capsys)
+    run = run_runner(mode, config, tmp_path, capsys)
 
     assert run.exit_code == 0, run.stdout
     assert run.result["summary"] == "2/2 cases passed"
@@ -305,7 +308,7 @@ def test_agent_object_gets_the_configured_model_and_cleared_messages(
     mode: str, server: ScriptedModelServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cases = [{"name": "one", "query": "hello"}, {"name": "two", "query": "hi again"}]
-    run = run_harness(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
 
     assert run.exit_code == 0, run.stdout
     assert [r["model"] for r in server.requests] == ["scripted", "scripted"]
@@ -321,7 +324,7 @@ def test_factory_without_arguments_gets_the_model_set(
     config = make_config(
         server.url, FACTORY_WITHOUT_ARGS, [{"name": "a", "query": "hello"}], entrypoint="build"
     )
-    run = run_harness("in-process", config, tmp_path, capsys)
+    run = run_runner("in-process", config, tmp_path, capsys)
     assert run.exit_code == 0, run.stdout
     assert len(server.requests) == 1
 
@@ -334,7 +337,7 @@ def test_max_latency_with_a_delayed_rule(
         {"name": "slow", "query": "slow please", "expect": {"maxLatencySeconds": 0.2}},
         {"name": "patient", "query": "slow please", "expect": {"maxLatencySeconds": 30}},
     ]
-    run = run_harness(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(server.url, AGENT_OBJECT, cases), tmp_path, capsys)
 
     assert run.exit_code == 1
     [failure] = run.case("slow")["failures"]
@@ -350,7 +353,7 @@ def test_tool_call_round_trip(
     cases = [
         {"name": "order", "query": "Where is my order?", "expect": {"contains": ["2024-05-01"]}}
     ]
-    run = run_harness(mode, make_config(server.url, TOOL_AGENT, cases), tmp_path, capsys)
+    run = run_runner(mode, make_config(server.url, TOOL_AGENT, cases), tmp_path, capsys)
 
     assert run.exit_code == 0, run.stdout
     assert run.case("order")["output"] == "Order status: order A-17 shipped on 2024-05-01"
@@ -364,7 +367,7 @@ def test_tool_call_round_trip(
 def test_invalid_config_exits_2_with_a_result_line(
     mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = run_harness(mode, '{"agentSource": ', tmp_path, capsys)
+    run = run_runner(mode, '{"agentSource": ', tmp_path, capsys)
 
     assert run.exit_code == 2
     assert run.result["passed"] is False
@@ -392,7 +395,7 @@ def test_setup_errors_are_readable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = make_config(server.url, source, [{"name": "a", "query": "hi"}], entrypoint=entrypoint)
-    run = run_harness("in-process", config, tmp_path, capsys)
+    run = run_runner("in-process", config, tmp_path, capsys)
     assert run.exit_code == 1
     assert run.result["reason"].startswith(reason)
     assert run.result["cases"] == []
@@ -417,7 +420,7 @@ def test_long_answers_are_truncated(
     server: ScriptedModelServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = make_config(server.url, AGENT_OBJECT, [{"name": "long", "query": "an essay"}])
-    run = run_harness("in-process", config, tmp_path, capsys)
+    run = run_runner("in-process", config, tmp_path, capsys)
 
     output = run.case("long")["output"]
     assert len(output) == 2000 and output.endswith("…")
@@ -435,7 +438,7 @@ def test_deadline_passed_before_any_case_ends_the_run_cleanly(
     config = make_config(
         server.url, AGENT_OBJECT, [{"name": "a", "query": "hi"}], timeoutSeconds=1e-9
     )
-    run = run_harness("in-process", config, tmp_path, capsys)
+    run = run_runner("in-process", config, tmp_path, capsys)
     assert run.exit_code == 124
     assert run.result["reason"] == "timed out after 1e-09s"
     assert run.result["cases"] == []
@@ -451,7 +454,7 @@ def test_a_hung_case_ends_the_run_with_a_result_line(
         {"name": "never", "query": "hello"},
     ]
     config = make_config(server.url, AGENT_OBJECT, cases, timeoutSeconds=4)
-    run = run_harness("subprocess", config, tmp_path, capsys)
+    run = run_runner("subprocess", config, tmp_path, capsys)
 
     assert run.exit_code == 124
     assert run.result["reason"] == "timed out after 4s"
@@ -489,7 +492,7 @@ def test_requirements_are_installed_and_importable(
         [{"name": "a", "query": "hello"}],
         requirements=[str(_tiny_wheel(tmp_path))],
     )
-    run = run_harness("subprocess", config, tmp_path, capsys)
+    run = run_runner("subprocess", config, tmp_path, capsys)
 
     assert run.exit_code == 0, run.stdout
     assert "[agenttest] installing 1 requirement: " in run.stdout
@@ -518,7 +521,7 @@ def test_failed_install_names_the_requirement(
     config = make_config(
         server.url, AGENT_OBJECT, [{"name": "a", "query": "hi"}], requirements=[requirement]
     )
-    run = run_harness("in-process", config, tmp_path, capsys)
+    run = run_runner("in-process", config, tmp_path, capsys)
     assert run.exit_code == 1
     assert run.result["reason"].startswith(reason)
     assert run.phases == ["Building"]

@@ -16,8 +16,12 @@ way, the bytes become readable text:
 
 from __future__ import annotations
 
+import fcntl
 import re
+import sys
+import termios
 import threading
+import time
 from collections.abc import Callable
 from typing import IO
 
@@ -67,8 +71,16 @@ class Relay:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def flush(self) -> None:
-        """Relay a started line now rather than when its newline comes."""
+    def flush(self, drain_seconds: float = 0.2) -> None:
+        """Relay what was printed so far now, a started line included.
+
+        First lets the reader take what is already in the pipe (briefly: the
+        agent may still be printing), so that an answer streamed to stdout shows
+        before the judge's verdict on it rather than after.
+        """
+        deadline = time.monotonic() + drain_seconds
+        while _waiting_bytes(self._stream) and time.monotonic() < deadline:
+            time.sleep(0.002)
         with self._lock:
             pending, self._pending = self._pending, b""
             if pending:
@@ -98,6 +110,15 @@ class Relay:
             return
         for piece in split_long(safe_text(data)):
             self._emit(piece)
+
+
+def _waiting_bytes(stream: IO[bytes]) -> int:
+    """Bytes in the pipe not read yet (0 when it cannot tell)."""
+    try:
+        answer = fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(answer, sys.byteorder)
 
 
 class Budget:
