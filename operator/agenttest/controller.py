@@ -1,110 +1,41 @@
-"""One reconciliation step of an AgentTest: decide with pure code, act through executors.
+"""One reconciliation step of an AgentTest: gather facts, perform what `lifecycle` decides.
 
-`reconcile` is called by the handlers about once a second per unfinished
-test. It reads the test, asks `lifecycle` and `queue` what should happen,
-performs the side effects (launch, stop, read logs) through the test's
-executor, and returns the new status; the handler writes it.
+`reconcile` is called by the handlers for each unfinished test. `lifecycle.begin`
+says what the step is for (nothing, cancel, launch, follow); for a test holding
+an execution, the controller observes it and reads its logs, and
+`lifecycle.follow` says what that means (keep going, wait for late logs, stop
+it, or done). The controller performs those actions through the test's
+executor and the scheduler, and decides nothing itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from pydantic import ValidationError
-
-from agenttest import lifecycle, logtail, packaging, queue, runkeys
-from agenttest.backends.base import (
-    BackendUnavailable,
-    ExecutionKey,
-    ExecutionState,
-    Executor,
-    LaunchRefused,
-    LaunchRequest,
-)
-from agenttest.models import AgentTestSpec, AgentTestStatus, Backend, Phase
+from agenttest import lifecycle, logtail, packaging, runkeys
+from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
+from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest
+from agenttest.lifecycle import Act, Next
+from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.publishing import Publisher
-from agenttest.runner.protocol import PHASE_RUNNING
+from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
-from agenttest.sources import SourceUnavailable, fetch_source, harness_config
+from agenttest.sources import SourceUnavailable, fetch_source, runner_config
 
 logger = logging.getLogger(__name__)
 
 # Bounded so that one chatty execution cannot hold a step for long.
 MAX_LOG_READS_PER_STEP = 16
 
-
-@dataclass(frozen=True)
-class TestView:
-    """The parts of an AgentTest a step reads."""
-
-    __test__ = False  # not a pytest class
-
-    uid: str
-    namespace: str
-    name: str
-    generation: int
-    spec: AgentTestSpec
-    status: AgentTestStatus
-    retry: str | None = None
-
-
-@dataclass
-class Scheduler:
-    """Slot accounting shared by all tests of this operator.
-
-    The API server's view (the kopf index) lags our own writes by a watch
-    event; the phases we last wrote are overlaid on it so two tests can never
-    take the same free slot.
-    """
-
-    limit: int
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _written: dict[str, tuple[Phase | None, datetime.datetime | None]] = field(default_factory=dict)
-    # Every queued test asks once a second; with hundreds queued, one plan
-    # serves them all until a phase changes or it is PLAN_TTL old.
-    _plan: tuple[int, datetime.datetime, queue.QueuePlan] | None = None
-    _version: int = 0
-
-    PLAN_TTL = datetime.timedelta(seconds=0.25)
-
-    def entries(self, indexed: Iterable[queue.QueueEntry]) -> list[queue.QueueEntry]:
-        result = []
-        for entry in indexed:
-            if entry.uid in self._written:
-                phase, not_before = self._written[entry.uid]
-                entry = replace(entry, phase=phase, not_before=not_before)
-            result.append(entry)
-        return result
-
-    def plan(
-        self, indexed: Callable[[], Iterable[queue.QueueEntry]], now: datetime.datetime
-    ) -> queue.QueuePlan:
-        if self._plan is not None:
-            version, made, cached = self._plan
-            if version == self._version and now - made < self.PLAN_TTL:
-                return cached
-        fresh = queue.plan(self.entries(indexed()), self.limit, now)
-        self._plan = (self._version, now, fresh)
-        return fresh
-
-    def record(self, uid: str, status: AgentTestStatus) -> None:
-        written = (status.phase, lifecycle.parse_timestamp(status.retry_after))
-        if self._written.get(uid) != written:
-            self._written[uid] = written
-            self._version += 1
-
-    def forget(self, uid: str) -> None:
-        if self._written.pop(uid, None) is not None:
-            self._version += 1
+Indexed = Callable[[], Iterable[QueueEntry]]
 
 
 @dataclass
 class Runtime:
-    """Everything a step needs besides the test itself."""
+    """Everything a step needs besides the test itself (built by `wiring`)."""
 
     settings: Settings
     executors: dict[Backend, Executor]
@@ -114,6 +45,12 @@ class Runtime:
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
     publisher: Publisher | None = None
+
+    @property
+    def retry_policy(self) -> lifecycle.RetryPolicy:
+        return lifecycle.RetryPolicy(
+            self.settings.infra_max_retries, self.settings.infra_backoff_seconds
+        )
 
     def run_key(self, uid: str, status: AgentTestStatus) -> str:
         """The signing key of the test's current execution, derived, never read back."""
@@ -144,73 +81,55 @@ class Step:
     transitions: list[tuple[Phase, str]]
 
 
-async def reconcile(
-    rt: Runtime, test: TestView, indexed: Callable[[], Iterable[queue.QueueEntry]]
-) -> Step:
-    transitions: list[tuple[Phase, str]] = []
+class _Transitions:
+    """Collects every phase a step passes through."""
 
-    def passed(status: AgentTestStatus) -> AgentTestStatus:
-        last = transitions[-1][0] if transitions else test.status.phase
-        if status.phase is not None and status.phase != last:
-            transitions.append((status.phase, status.message or status.phase.value))
+    def __init__(self, start: Phase | None) -> None:
+        self.seen: list[tuple[Phase, str]] = []
+        self._last = start
+
+    def __call__(self, status: AgentTestStatus) -> AgentTestStatus:
+        if status.phase is not None and status.phase != self._last:
+            self.seen.append((status.phase, status.message or status.phase.value))
+            self._last = status.phase
         return status
 
-    status = await _advance(rt, test, indexed, passed)
-    return Step(lifecycle.with_conditions(status, test.generation, rt.clock()), transitions)
 
-
-async def _advance(
-    rt: Runtime,
-    test: TestView,
-    indexed: Callable[[], Iterable[queue.QueueEntry]],
-    passed: Callable[[AgentTestStatus], AgentTestStatus],
-) -> AgentTestStatus:
-    status, spec = test.status, test.spec
-
-    reason = lifecycle.new_attempt_reason(status, spec, test.generation, test.retry)
-    if reason:
-        if status.execution is not None and status.phase and not status.phase.finished:
-            await _stop(rt, status, "superseded by a new attempt")
-        status = passed(lifecycle.start_attempt(status, spec, test.generation, test.retry, reason))
-    elif test.generation != status.observed_generation:
-        status = lifecycle.observe_spec(status, spec, test.generation)
-
-    if status.phase is None or status.phase.finished:
-        return status
-    if spec.cancel:
-        return passed(
+async def reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
+    passed = _Transitions(test.status.phase)
+    begun = lifecycle.begin(test, rt.settings.default_backend)
+    if begun.stop_previous:
+        await _stop(rt, test.status, "superseded by a new attempt")
+    for through in begun.passed:
+        passed(through)
+    status = passed(begun.status)
+    if begun.next == Next.CANCEL:
+        status = passed(
             await _stop_and_finish(
                 rt, test.uid, status, Phase.CANCELLED, "cancelled: spec.cancel is true"
             )
         )
-    if status.phase == Phase.PENDING:
-        status = passed(lifecycle.admit(status, spec.backend or rt.settings.default_backend))
-    if status.phase == Phase.QUEUED:
-        status = passed(await _try_launch(rt, test, status, indexed))
-    if status.phase is not None and status.phase.active:
-        status = passed(await _follow(rt, test.uid, status, spec))
-    return status
+    elif begun.next == Next.LAUNCH:
+        status = passed(await _try_launch(rt, test.with_status(status), indexed))
+        if status.phase is not None and status.phase.active:
+            status = passed(await _follow(rt, test.with_status(status)))
+    elif begun.next == Next.FOLLOW:
+        status = passed(await _follow(rt, test.with_status(status)))
+    return Step(lifecycle.with_conditions(status, test.generation, rt.clock()), passed.seen)
 
 
-async def _try_launch(
-    rt: Runtime,
-    test: TestView,
-    status: AgentTestStatus,
-    indexed: Callable[[], Iterable[queue.QueueEntry]],
-) -> AgentTestStatus:
+async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTestStatus:
+    status = test.status
     now = rt.clock()
-    assert status.backend is not None  # set by admit()
+    assert status.backend is not None  # set by lifecycle.admit
     try:
         executor = rt.executor(status.backend)
     except BackendUnavailable as error:
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
 
-    async with rt.scheduler.lock:
-        plan = rt.scheduler.plan(indexed, now)
-        if test.uid not in plan.startable:
-            return lifecycle.queue_position(status, plan.positions.get(test.uid))
-        claimed = lifecycle.launched(status, status.backend, "", now)
-        rt.scheduler.record(test.uid, claimed)  # the slot is ours before we leave the lock
+    claim = await rt.scheduler.claim(test.uid, indexed, now)
+    if not claim.taken:
+        return lifecycle.queue_position(status, claim.position)
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
@@ -220,23 +139,20 @@ async def _try_launch(
                 key=key,
                 namespace=test.namespace,
                 test_name=test.name,
-                harness_config=harness_config(test.spec, source),
+                runner_config=runner_config(test.spec, source),
                 timeout_seconds=test.spec.timeout_seconds,
-                run_key=runkeys.derive(rt.signing_secret, key),
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,
+                run_key=runkeys.derive(rt.signing_secret, key),
             )
         )
     except (SourceUnavailable, LaunchRefused) as error:
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
     except Exception as error:
         logger.exception("launch of %s/%s failed", test.namespace, test.name)
+        policy = rt.retry_policy
         return lifecycle.infra_failure(
-            status,
-            f"launch failed: {error}",
-            now,
-            rt.settings.infra_max_retries,
-            rt.settings.infra_backoff_seconds,
+            status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
     return lifecycle.launched(status, status.backend, execution_id, now)
 
@@ -258,9 +174,8 @@ async def _read_all(
     return progress
 
 
-async def _follow(
-    rt: Runtime, uid: str, status: AgentTestStatus, spec: AgentTestSpec
-) -> AgentTestStatus:
+async def _follow(rt: Runtime, test: AgentTest) -> AgentTestStatus:
+    status = test.status
     assert status.execution is not None and status.backend is not None
     executor = rt.executor(status.backend)
     execution_id = status.execution.id
@@ -271,64 +186,27 @@ async def _follow(
         # and log reads are rationed (CloudWatch Logs is rate-limited).
         progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
     else:
-        progress = await _read_all(rt, executor, execution_id, rt.run_key(uid, status))
-    status = status.model_copy(
-        update={
-            "log_tail": progress.tail or status.log_tail,
-            "forged_lines": progress.forged or status.forged_lines,
-        }
-    )
-    now = rt.clock()
+        progress = await _read_all(rt, executor, execution_id, rt.run_key(test.uid, status))
 
-    if observation.state == ExecutionState.EXITED:
-        waiting = progress.throttled or _in_log_grace(rt, executor, progress, now)
-        if (
-            progress.result is None
-            and waiting
-            and not lifecycle.timed_out(status, spec.timeout_seconds, now)
-        ):
-            return status  # the last lines may still be on their way
-        rt.progress.pop(execution_id, None)
-        if observation.timed_out:
-            return lifecycle.finish(status, Phase.TIMED_OUT, observation.reason, now)
-        try:
-            result = (
-                lifecycle.HarnessResult.from_event(progress.result) if progress.result else None
-            )
-        except ValidationError as error:
-            return lifecycle.finish(
-                status, Phase.ERROR, f"the runner's result cannot be read: {error}", now
-            )
-        phase, message = lifecycle.outcome(
-            result,
-            observation.exit_code,
-            progress.last_line,
-            observation.reason,
-            expected_cases=[case.name for case in spec.cases],
-            forged=progress.forged,
-        )
-        return lifecycle.finish(status, phase, message, now, result)
-    if observation.state == ExecutionState.MISSING:
-        rt.progress.pop(execution_id, None)
-        if observation.infra_failure:
-            return lifecycle.infra_failure(
-                status,
-                observation.reason,
-                now,
-                rt.settings.infra_max_retries,
-                rt.settings.infra_backoff_seconds,
-            )
-        return lifecycle.finish(status, Phase.ERROR, observation.reason, now)
-    if lifecycle.timed_out(status, spec.timeout_seconds, now):
-        return await _stop_and_finish(
-            rt, uid, status, Phase.TIMED_OUT, f"timed out after {spec.timeout_seconds}s"
-        )
-    status = lifecycle.progressed(
-        status, Phase.RUNNING if progress.harness_phase == PHASE_RUNNING else None
+    followed = lifecycle.follow(
+        status,
+        test.spec,
+        observation,
+        progress,
+        rt.clock(),
+        executor.log_grace_seconds,
+        rt.retry_policy,
     )
-    if observation.state == ExecutionState.STARTING and observation.reason:
-        status = status.model_copy(update={"message": observation.reason})
-    return status
+    if followed.act == Act.AWAIT_LOGS:
+        rt.progress[execution_id] = replace(progress, exited_at=followed.exited_at)
+    elif followed.act == Act.DONE:
+        rt.progress.pop(execution_id, None)
+    elif followed.act == Act.STOP:
+        assert followed.stop_phase is not None
+        return await _stop_and_finish(
+            rt, test.uid, followed.status, followed.stop_phase, followed.stop_reason
+        )
+    return followed.status
 
 
 def _execution(rt: Runtime, status: AgentTestStatus) -> tuple[Executor, str] | None:
@@ -341,15 +219,6 @@ def _execution(rt: Runtime, status: AgentTestStatus) -> tuple[Executor, str] | N
         return None
 
 
-def _in_log_grace(
-    rt: Runtime, executor: Executor, progress: logtail.Progress, now: datetime.datetime
-) -> bool:
-    if progress.exited_at is None:
-        rt.progress[progress.execution_id] = replace(progress, exited_at=now)
-        return executor.log_grace_seconds > 0
-    return (now - progress.exited_at).total_seconds() < executor.log_grace_seconds
-
-
 async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
     found = _execution(rt, status)
     if found is not None:
@@ -360,14 +229,15 @@ async def _stop_and_finish(
     rt: Runtime, uid: str, status: AgentTestStatus, phase: Phase, message: str
 ) -> AgentTestStatus:
     """Stop the execution if there is one, keep its last output, end in `phase`."""
+    tail = ""
     found = _execution(rt, status)
     if found is not None:
         executor, execution_id = found
         await executor.stop(execution_id, message)
         progress = await _read_all(rt, executor, execution_id, rt.run_key(uid, status))
         rt.progress.pop(execution_id, None)
-        status = status.model_copy(update={"log_tail": progress.tail or status.log_tail})
-    return lifecycle.finish(status, phase, message, rt.clock())
+        tail = progress.tail
+    return lifecycle.stopped(status, phase, message, tail, rt.clock())
 
 
 async def delete(rt: Runtime, status: AgentTestStatus) -> None:
@@ -379,8 +249,9 @@ async def delete(rt: Runtime, status: AgentTestStatus) -> None:
         rt.progress.pop(execution_id, None)
 
 
-async def package(rt: Runtime, test: TestView, status: AgentTestStatus) -> AgentTestStatus:
+async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     """Publish the deployment package of a test that passed (the Packaged condition)."""
+    status = test.status
     now = rt.clock()
 
     def outcome(ok: bool, reason: str, message: str, name: str | None = None) -> AgentTestStatus:
@@ -393,9 +264,7 @@ async def package(rt: Runtime, test: TestView, status: AgentTestStatus) -> Agent
             "no package bucket: set AGENTTEST_PACKAGE_BUCKET to publish packages",
         )
     try:
-        published = await rt.publisher.publish(
-            test.spec, status, test.namespace, test.name, test.uid, lifecycle.timestamp(now)
-        )
+        published = await rt.publisher.publish(test, now)
     except packaging.PackageTooLarge as error:
         return outcome(False, "PackageTooLarge", str(error))
     except SourceUnavailable as error:

@@ -86,6 +86,22 @@ async def patch_agenttest_status(namespace: str, name: str, status: dict[str, An
     await _patch_status(AGENTTEST_PLURAL, namespace, name, status)
 
 
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`."""
+    changes: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        changes[key] = None
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, dict) and isinstance(previous, dict):
+            nested = merge_patch(previous, value)
+            if nested:
+                changes[key] = nested
+        elif value != previous:
+            changes[key] = value
+    return changes
+
+
 async def delete_agenttest(namespace: str, name: str) -> None:
     api = _custom_objects()
     with contextlib.suppress(Gone):  # already gone is what we wanted

@@ -1,31 +1,42 @@
-"""The AgentTest lifecycle as pure functions: (status, observation, now) -> status.
+"""The AgentTest lifecycle as pure functions: facts in, the new status and what to do out.
 
     Pending -> Queued -> Building -> Running -> Succeeded
                                             \\-> Failed | TimedOut | Cancelled | Error
 
-Nothing here does I/O or reads a clock; handlers pass `now` in. Every
-function returns a new status and leaves its argument alone.
+Nothing here does I/O or reads a clock; the controller gathers the facts (the
+test, what its executor observed, what was read of its logs, the time) and
+performs the action decided here. Every function returns a new status and
+leaves its argument alone. The two decisions a step is made of are `begin`
+(attempts, cancel, admission: what the step is for) and `follow` (what an
+execution's state and output mean for the test).
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from agenttest import conditions
+from agenttest.executions import ExecutionState, Observation
+from agenttest.logtail import Progress
 from agenttest.models import (
+    AgentTest,
     AgentTestSpec,
     AgentTestStatus,
     Backend,
     CaseResult,
-    Condition,
+    ConditionType,
     Execution,
     PackageRef,
     Phase,
 )
-from agenttest.runner.protocol import EXIT_TIMED_OUT
+from agenttest.runner.protocol import EXIT_TIMED_OUT, PHASE_RUNNING
 
 # Fields of the spec that define what a run does; changing any of them starts
 # a new attempt. priority, cancel and ttlSecondsAfterFinished do not.
@@ -33,7 +44,7 @@ RUN_FIELDS = ("agent", "model", "cases", "backend", "timeout_seconds", "resource
 
 
 def timestamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return conditions.stamp(now)
 
 
 def parse_timestamp(value: str | None) -> datetime.datetime | None:
@@ -96,7 +107,7 @@ def start_attempt(
         spec_hash=run_fingerprint(spec),
         # Keep Ready/Succeeded for their transition times; a new attempt gets
         # its own package, so the old Packaged condition goes.
-        conditions=[c for c in status.conditions if c.type != "Packaged"],
+        conditions=conditions.without(status.conditions, ConditionType.PACKAGED),
         log_tail=None,
         forged_lines=None,
     )
@@ -140,9 +151,9 @@ def launched(
     )
 
 
-def progressed(status: AgentTestStatus, harness_phase: Phase | None) -> AgentTestStatus:
-    """Building -> Running when the harness says it runs the cases."""
-    if harness_phase == Phase.RUNNING and status.phase == Phase.BUILDING:
+def progressed(status: AgentTestStatus, runner_phase: Phase | None) -> AgentTestStatus:
+    """Building -> Running when the runner says it runs the cases."""
+    if runner_phase == Phase.RUNNING and status.phase == Phase.BUILDING:
         return status.model_copy(update={"phase": Phase.RUNNING, "message": "running cases"})
     return status
 
@@ -158,7 +169,7 @@ def timed_out(status: AgentTestStatus, timeout_seconds: int, now: datetime.datet
 
 
 @dataclass(frozen=True)
-class HarnessResult:
+class RunnerResult:
     """The judge's final machine line, after its signature verified."""
 
     passed: bool
@@ -167,7 +178,7 @@ class HarnessResult:
     cases: list[CaseResult] = field(default_factory=list)
 
     @classmethod
-    def from_event(cls, event: dict[str, Any]) -> HarnessResult:
+    def from_event(cls, event: dict[str, Any]) -> RunnerResult:
         return cls(
             passed=event.get("passed") is True,
             reason=str(event.get("reason") or ""),
@@ -177,7 +188,7 @@ class HarnessResult:
 
 
 def outcome(
-    result: HarnessResult | None,
+    result: RunnerResult | None,
     exit_code: int | None,
     last_line: str,
     reason: str = "",
@@ -197,7 +208,7 @@ def outcome(
 
 
 def _outcome(
-    result: HarnessResult | None,
+    result: RunnerResult | None,
     exit_code: int | None,
     last_line: str,
     reason: str,
@@ -234,7 +245,7 @@ def finish(
     phase: Phase,
     message: str,
     now: datetime.datetime,
-    result: HarnessResult | None = None,
+    result: RunnerResult | None = None,
 ) -> AgentTestStatus:
     """Any phase -> a finished phase, with results, summary and duration."""
     update: dict[str, Any] = {
@@ -294,28 +305,6 @@ def infra_failure(
 # --------------------------------------------------------------------------
 
 
-def _condition(
-    previous: list[Condition],
-    kind: str,
-    state: str,
-    reason: str,
-    message: str,
-    generation: int,
-    now: datetime.datetime,
-) -> Condition:
-    old = next((c for c in previous if c.type == kind), None)
-    # lastTransitionTime moves only when the status flips (API conventions).
-    moved = old is None or old.status != state or old.last_transition_time is None
-    return Condition(
-        type=kind,
-        status=state,  # type: ignore[arg-type]
-        reason=reason,
-        message=message,
-        last_transition_time=timestamp(now) if moved else old.last_transition_time,  # type: ignore[union-attr]
-        observed_generation=generation,
-    )
-
-
 def with_conditions(
     status: AgentTestStatus, generation: int, now: datetime.datetime
 ) -> AgentTestStatus:
@@ -324,24 +313,25 @@ def with_conditions(
     Succeeded follows Tekton: Unknown while in progress, then True or False.
     Ready follows kstatus: False until the test has succeeded, so
     `kubectl wait --for=condition=Ready` waits for a passing test.
+    Conditions owned by other steps (Packaged) stay as they were.
     """
     phase = status.phase or Phase.PENDING
     message = status.message or ""
+    succeeded: conditions.Status
+    ready: conditions.Status
     if phase == Phase.SUCCEEDED:
         succeeded, ready = "True", "True"
     elif phase.finished:
         succeeded, ready = "False", "False"
     else:
         succeeded, ready = "Unknown", "False"
-    conditions = [
-        _condition(status.conditions, "Ready", ready, phase.value, message, generation, now),
-        _condition(
-            status.conditions, "Succeeded", succeeded, phase.value, message, generation, now
-        ),
-    ]
-    # Conditions owned by other steps (Packaged) stay as they were.
-    conditions += [c for c in status.conditions if c.type not in ("Ready", "Succeeded")]
-    return status.model_copy(update={"conditions": conditions})
+    listed = conditions.set_condition(
+        status.conditions, ConditionType.READY, ready, phase.value, message, generation, now
+    )
+    listed = conditions.set_condition(
+        listed, ConditionType.SUCCEEDED, succeeded, phase.value, message, generation, now
+    )
+    return status.model_copy(update={"conditions": listed})
 
 
 def packaged(
@@ -354,20 +344,41 @@ def packaged(
     package_name: str | None = None,
 ) -> AgentTestStatus:
     """Record the outcome of packaging a passing test (the Packaged condition)."""
-    condition = _condition(
+    listed = conditions.set_condition(
         status.conditions,
-        "Packaged",
+        ConditionType.PACKAGED,
         "True" if ok else "False",
         reason,
         message,
         generation,
         now,
     )
-    others = [c for c in status.conditions if c.type != "Packaged"]
-    update: dict[str, Any] = {"conditions": [*others, condition]}
+    update: dict[str, Any] = {"conditions": listed}
     if package_name:
         update["package_ref"] = PackageRef(name=package_name)
     return status.model_copy(update=update)
+
+
+def wants_step(
+    status: AgentTestStatus, package_enabled: bool, generation: int, retry: str | None
+) -> bool:
+    """Unfinished; passed but not yet packaged; or finished and asked for a new attempt."""
+    if status.phase is None or not status.phase.finished:
+        return True
+    if needs_package(status, package_enabled):
+        return True
+    return (retry is not None and retry != status.observed_retry) or (
+        generation != status.observed_generation
+    )
+
+
+def finished_at(status: AgentTestStatus) -> datetime.datetime | None:
+    """When the test finished: its execution's end, else when Succeeded last flipped."""
+    succeeded = conditions.get(status.conditions, ConditionType.SUCCEEDED)
+    return parse_timestamp(
+        (status.execution.completed_at if status.execution else None)
+        or (succeeded.last_transition_time if succeeded else None)
+    )
 
 
 def needs_package(status: AgentTestStatus, enabled: bool) -> bool:
@@ -375,5 +386,156 @@ def needs_package(status: AgentTestStatus, enabled: bool) -> bool:
     return (
         enabled
         and status.phase == Phase.SUCCEEDED
-        and not any(c.type == "Packaged" for c in status.conditions)
+        and not conditions.has(status.conditions, ConditionType.PACKAGED)
+    )
+
+
+# --------------------------------------------------------------------------
+# A step's decisions
+# --------------------------------------------------------------------------
+
+
+class Next(enum.Enum):
+    """What a step does after `begin`."""
+
+    NOTHING = "nothing"  # finished, or nothing to do
+    CANCEL = "cancel"  # stop the execution (if any) and end Cancelled
+    LAUNCH = "launch"  # queued: ask the scheduler for a slot, launch if one is free
+    FOLLOW = "follow"  # holds an execution: observe it and read its logs
+
+
+@dataclass(frozen=True)
+class Begun:
+    status: AgentTestStatus
+    next: Next
+    stop_previous: bool = False  # a new attempt supersedes a running execution
+    # The statuses passed through on the way (a new attempt, admission), for Events.
+    passed: tuple[AgentTestStatus, ...] = ()
+
+
+def begin(test: AgentTest, default_backend: Backend) -> Begun:
+    """Attempts, spec changes, cancel and admission: what this step is for."""
+    status, spec = test.status, test.spec
+    stop_previous = False
+    passed: list[AgentTestStatus] = []
+    reason = new_attempt_reason(status, spec, test.generation, test.retry)
+    if reason:
+        stop_previous = (
+            status.execution is not None and status.phase is not None and not status.phase.finished
+        )
+        status = start_attempt(status, spec, test.generation, test.retry, reason)
+        passed.append(status)
+    elif test.generation != status.observed_generation:
+        status = observe_spec(status, spec, test.generation)
+
+    if status.phase is None or status.phase.finished:
+        return Begun(status, Next.NOTHING, stop_previous, tuple(passed))
+    if spec.cancel:
+        return Begun(status, Next.CANCEL, stop_previous, tuple(passed))
+    if status.phase == Phase.PENDING:
+        status = admit(status, spec.backend or default_backend)
+        passed.append(status)
+    if status.phase == Phase.QUEUED:
+        return Begun(status, Next.LAUNCH, stop_previous, tuple(passed))
+    return Begun(status, Next.FOLLOW, stop_previous, tuple(passed))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Infrastructure failures retried per attempt, and the first backoff."""
+
+    max_retries: int = 3
+    backoff_seconds: float = 5.0
+
+
+class Act(enum.Enum):
+    """What the controller does with an execution after `follow`."""
+
+    KEEP = "keep"  # still going: look again at the next poll
+    AWAIT_LOGS = "await-logs"  # exited, its last lines may still be on their way
+    STOP = "stop"  # stop it, keep its last output, then end as `stop_phase` says
+    DONE = "done"  # the test's phase is final (or it is requeued): forget the execution
+
+
+@dataclass(frozen=True)
+class Followed:
+    status: AgentTestStatus
+    act: Act
+    stop_phase: Phase | None = None
+    stop_reason: str = ""
+    # When the execution was first seen exited without a result (log grace).
+    exited_at: datetime.datetime | None = None
+
+
+def follow(
+    status: AgentTestStatus,
+    spec: AgentTestSpec,
+    observation: Observation,
+    progress: Progress,
+    now: datetime.datetime,
+    log_grace_seconds: float,
+    retry: RetryPolicy,
+) -> Followed:
+    """What the executor observed and the logs said, for a test holding an execution."""
+    status = status.model_copy(
+        update={
+            "log_tail": progress.tail or status.log_tail,
+            "forged_lines": progress.forged or status.forged_lines,
+        }
+    )
+    over_time = timed_out(status, spec.timeout_seconds, now)
+    if observation.state == ExecutionState.EXITED:
+        exited_at = progress.exited_at or now
+        in_grace = (now - exited_at).total_seconds() < log_grace_seconds
+        if progress.result is None and (progress.throttled or in_grace) and not over_time:
+            return Followed(status, Act.AWAIT_LOGS, exited_at=exited_at)
+        return Followed(_ended(status, spec, observation, progress, now), Act.DONE)
+    if observation.state == ExecutionState.MISSING:
+        if observation.infra_failure:
+            retried = infra_failure(
+                status, observation.reason, now, retry.max_retries, retry.backoff_seconds
+            )
+            return Followed(retried, Act.DONE)
+        return Followed(finish(status, Phase.ERROR, observation.reason, now), Act.DONE)
+    if over_time:
+        reason = f"timed out after {spec.timeout_seconds}s"
+        return Followed(status, Act.STOP, Phase.TIMED_OUT, reason)
+    running = Phase.RUNNING if progress.runner_phase == PHASE_RUNNING else None
+    status = progressed(status, running)
+    if observation.state == ExecutionState.STARTING and observation.reason:
+        status = status.model_copy(update={"message": observation.reason})
+    return Followed(status, Act.KEEP)
+
+
+def _ended(
+    status: AgentTestStatus,
+    spec: AgentTestSpec,
+    observation: Observation,
+    progress: Progress,
+    now: datetime.datetime,
+) -> AgentTestStatus:
+    """The final status of an execution that exited."""
+    if observation.timed_out:
+        return finish(status, Phase.TIMED_OUT, observation.reason, now)
+    try:
+        result = RunnerResult.from_event(progress.result) if progress.result else None
+    except ValidationError as error:
+        return finish(status, Phase.ERROR, f"the runner's result cannot be read: {error}", now)
+    phase, message = outcome(
+        result,
+        observation.exit_code,
+        progress.last_line,
+        observation.reason,
+        expected_cases=[case.name for case in spec.cases],
+        forged=progress.forged,
+    )
+    return finish(status, phase, message, now, result)
+
+
+def stopped(
+    status: AgentTestStatus, phase: Phase, message: str, tail: str, now: datetime.datetime
+) -> AgentTestStatus:
+    """An execution the operator stopped (cancel, timeout), with its last output kept."""
+    return finish(
+        status.model_copy(update={"log_tail": tail or status.log_tail}), phase, message, now
     )

@@ -69,7 +69,7 @@ class Progress:
     execution_id: str
     cursor: str | None = None
     tail: str = ""
-    harness_phase: str | None = None  # "Building" / "Running" from the judge
+    runner_phase: str | None = None  # "Building" / "Running" from the judge
     result: dict[str, Any] | None = None  # the judge's verified result event
     last_line: str = ""
     exited_at: datetime.datetime | None = None  # first seen exited without a result
@@ -83,7 +83,7 @@ def follow(
     progress: Progress, lines: list[str], limit: int, cursor: str | None, key: bytes
 ) -> Progress:
     """Fold newly read lines into the progress of an execution."""
-    phase, result, last = progress.harness_phase, progress.result, progress.last_line
+    phase, result, last = progress.runner_phase, progress.result, progress.last_line
     last_seq, forged = progress.last_seq, progress.forged
     for line in lines:
         if not is_machine_line(line):
@@ -103,7 +103,7 @@ def follow(
         progress,
         cursor=cursor,
         tail=append(progress.tail, lines, limit),
-        harness_phase=phase,
+        runner_phase=phase,
         result=result,
         last_line=last,
         last_seq=last_seq,

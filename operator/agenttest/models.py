@@ -8,6 +8,8 @@ operator parses resources through them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -307,6 +309,14 @@ FINISHED_PHASES = frozenset(
 )
 
 
+class ConditionType(StrEnum):
+    """The conditions the operator sets."""
+
+    READY = "Ready"  # kstatus: the resource has done what it is for (a test: it passed)
+    SUCCEEDED = "Succeeded"  # Tekton: Unknown while running, then True or False
+    PACKAGED = "Packaged"  # a passing test's DeploymentPackage was made, or why not
+
+
 class Condition(ApiModel):
     """A Kubernetes API condition (type, status, reason, message, lastTransitionTime)."""
 
@@ -459,3 +469,43 @@ class DeploymentPackageStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(default=None, description="Generation described.")
+
+
+# --------------------------------------------------------------------------- a parsed resource
+
+RETRY_ANNOTATION = f"{GROUP}/retry"
+
+
+@dataclass(frozen=True)
+class AgentTest:
+    """One AgentTest as a step sees it: its identity, spec and status, parsed once."""
+
+    __test__ = False  # not a pytest class
+
+    uid: str
+    namespace: str
+    name: str
+    generation: int
+    spec: AgentTestSpec
+    status: AgentTestStatus
+    retry: str | None = None  # the agenttest.dev/retry annotation
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], status: AgentTestStatus | None = None) -> AgentTest:
+        """Parse a resource; ``status`` replaces the body's (ours can be newer).
+
+        A spec that does not parse raises pydantic's ValidationError.
+        """
+        meta = body.get("metadata") or {}
+        return cls(
+            uid=str(meta.get("uid")),
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            generation=int(meta.get("generation") or 1),
+            spec=AgentTestSpec.model_validate(dict(body.get("spec") or {})),
+            status=status or AgentTestStatus.model_validate(dict(body.get("status") or {})),
+            retry=(meta.get("annotations") or {}).get(RETRY_ANNOTATION),
+        )
+
+    def with_status(self, status: AgentTestStatus) -> AgentTest:
+        return replace(self, status=status)

@@ -112,7 +112,7 @@ class PackageInput:
             raise ValueError(f"entrypoint {self.entrypoint!r} is not a Python identifier")
         for requirement in self.requirements:
             # One requirement per line, and no pip options (--index-url ...): the
-            # harness refuses both, so a tested agent never has them.
+            # runner refuses both, so a tested agent never has them.
             if "\n" in requirement or "\r" in requirement or requirement.lstrip().startswith("-"):
                 raise ValueError(f"requirement {requirement!r} is not a single requirement")
         if self.attempt < 1:

@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agenttest import kubeapi, packaging
+from agenttest import conditions, kubeapi, packaging
 from agenttest.models import (
     API_VERSION,
+    AgentTest,
     AgentTestRef,
-    AgentTestSpec,
-    AgentTestStatus,
-    Condition,
+    ConditionType,
     DeploymentPackageSpec,
     DeploymentPackageStatus,
 )
+from agenttest.objects import owned_metadata, test_label
 from agenttest.sources import fetch_source
 
 logger = logging.getLogger(__name__)
@@ -39,37 +40,74 @@ class Published:
     size: int
 
 
-class NotConfigured(RuntimeError):
-    """No bucket to publish to."""
-
-
 def package_name(test_name: str, attempt: int) -> str:
     suffix = f"-a{attempt}"
     return test_name[: 253 - len(suffix)] + suffix
 
 
-def package_input(
-    spec: AgentTestSpec,
-    status: AgentTestStatus,
-    source: str,
-    namespace: str,
-    name: str,
-    uid: str,
-    tested_at: str,
-) -> packaging.PackageInput:
+def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.PackageInput:
     return packaging.PackageInput(
         agent_source=source,
-        entrypoint=spec.agent.entrypoint,
-        requirements=list(spec.agent.requirements),
-        model=spec.model.wire(),
-        cases=[case.wire() for case in status.cases],
-        summary=status.summary or "",
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        attempt=status.attempt,
+        entrypoint=test.spec.agent.entrypoint,
+        requirements=list(test.spec.agent.requirements),
+        model=test.spec.model.wire(),
+        cases=[case.wire() for case in test.status.cases],
+        summary=test.status.summary or "",
+        namespace=test.namespace,
+        name=test.name,
+        uid=test.uid,
+        attempt=test.status.attempt,
         tested_at=tested_at,
     )
+
+
+@dataclass(frozen=True)
+class Built:
+    """A package rendered and zipped, and where it goes: everything before the I/O."""
+
+    data: bytes
+    sha256: str
+    files: list[str]
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def deployment_package(test: AgentTest, built: Built) -> dict[str, Any]:
+    """The DeploymentPackage resource for a built package (pure)."""
+    spec = DeploymentPackageSpec(
+        agent_test_ref=AgentTestRef(name=test.name, uid=test.uid, attempt=test.status.attempt),
+        s3_uri=built.uri,
+        bucket=built.bucket,
+        key=built.key,
+        sha256=built.sha256,
+        size_bytes=len(built.data),
+        files=sorted(built.files),
+        summary=test.status.summary or "",
+    )
+    metadata = owned_metadata(
+        package_name(test.name, test.status.attempt),
+        test.namespace,
+        test.name,
+        test.uid,
+        test_label(test.name),
+    )
+    del metadata["namespace"]  # given by the create call
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DeploymentPackage",
+        "metadata": metadata,
+        "spec": spec.wire(),
+    }
+
+
+def ready_status(built: Built, now: datetime.datetime) -> DeploymentPackageStatus:
+    message = f"{built.uri} ({len(built.data)} bytes, sha256 {built.sha256[:12]}...)"
+    ready = conditions.set_condition([], ConditionType.READY, "True", "Uploaded", message, 1, now)
+    return DeploymentPackageStatus(observed_generation=1, conditions=ready)
 
 
 class Publisher:
@@ -111,80 +149,35 @@ class Publisher:
             Metadata={"sha256": digest},
         )
 
-    async def publish(
-        self,
-        spec: AgentTestSpec,
-        status: AgentTestStatus,
-        namespace: str,
-        name: str,
-        uid: str,
-        now: str,
-    ) -> Published:
+    def build(self, test: AgentTest, source: str, now: datetime.datetime) -> Built:
+        """Render and zip the package of a passing test (no I/O)."""
         # The launch time, not the publish time, goes into the package, so a
         # publish repeated after a restart renders the same bytes.
-        tested_at = (status.execution.started_at if status.execution else None) or now
-        source = await fetch_source(spec.agent.source, namespace)
-        files = packaging.render(
-            package_input(spec, status, source, namespace, name, uid, tested_at)
+        status = test.status
+        tested_at = (status.execution.started_at if status.execution else None) or (
+            conditions.stamp(now)
         )
+        files = packaging.render(package_input(test, source, tested_at))
         data = packaging.build_zip(files)
         packaging.check_size(data, self.max_bytes)
-        digest = packaging.sha256_hex(data)
-        key = packaging.object_key(namespace, name, uid, status.attempt, self.prefix)
-        await asyncio.to_thread(self._upload, key, data, digest)
-        uri = f"s3://{self.bucket}/{key}"
-        dpkg = package_name(name, status.attempt)
-        spec_out = DeploymentPackageSpec(
-            agent_test_ref=AgentTestRef(name=name, uid=uid, attempt=status.attempt),
-            s3_uri=uri,
-            bucket=self.bucket,
-            key=key,
-            sha256=digest,
-            size_bytes=len(data),
-            files=sorted(files),
-            summary=status.summary or "",
-        )
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": "DeploymentPackage",
-            "metadata": {
-                "name": dpkg,
-                "labels": {"agenttest.dev/test": name[:63]},
-                # The AgentTest owns it: deleting the test garbage-collects it.
-                "ownerReferences": [
-                    {
-                        "apiVersion": API_VERSION,
-                        "kind": "AgentTest",
-                        "name": name,
-                        "uid": uid,
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": spec_out.wire(),
-        }
+        key = packaging.object_key(test.namespace, test.name, test.uid, status.attempt, self.prefix)
+        return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key)
+
+    async def publish(self, test: AgentTest, now: datetime.datetime) -> Published:
+        source = await fetch_source(test.spec.agent.source, test.namespace)
+        built = self.build(test, source, now)
+        await asyncio.to_thread(self._upload, built.key, built.data, built.sha256)
+        body = deployment_package(test, built)
+        name = body["metadata"]["name"]
         try:
-            await kubeapi.create_deployment_package(namespace, body)
+            await kubeapi.create_deployment_package(test.namespace, body)
         except kubeapi.Conflict:
-            existing = await kubeapi.get_deployment_package(namespace, dpkg)
+            existing = await kubeapi.get_deployment_package(test.namespace, name)
             owners = existing.get("metadata", {}).get("ownerReferences", [])
-            if not any(owner.get("uid") == uid for owner in owners):
+            if not any(owner.get("uid") == test.uid for owner in owners):
                 raise RuntimeError(
-                    f"DeploymentPackage {namespace}/{dpkg} exists and belongs to another test"
+                    f"DeploymentPackage {test.namespace}/{name} exists and belongs to another test"
                 ) from None
-        ready = DeploymentPackageStatus(
-            observed_generation=1,
-            conditions=[
-                Condition(
-                    type="Ready",
-                    status="True",
-                    reason="Uploaded",
-                    message=f"{uri} ({len(data)} bytes, sha256 {digest[:12]}...)",
-                    last_transition_time=now,
-                    observed_generation=1,
-                )
-            ],
-        )
-        await kubeapi.patch_deployment_package_status(namespace, dpkg, ready.wire())
-        return Published(name=dpkg, uri=uri, sha256=digest, size=len(data))
+        ready = ready_status(built, now)
+        await kubeapi.patch_deployment_package_status(test.namespace, name, ready.wire())
+        return Published(name=name, uri=built.uri, sha256=built.sha256, size=len(built.data))

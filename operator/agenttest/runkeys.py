@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 
 from agenttest import kubeapi
-from agenttest.backends.base import ExecutionKey
+from agenttest.executions import ExecutionKey
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class Settings:
     stop_grace_seconds: float = 5.0
     # Where the local backend keeps its per-execution records.
     local_state_dir: str = field(default_factory=_default_state_dir)
-    # Environment variables the local backend passes to the harness (the rest
+    # Environment variables the local backend passes to the runner (the rest
     # of the operator's environment, credentials included, is withheld).
     local_pass_env: tuple[str, ...] = ()
     # Fargate backend: where tasks run. It is offered once subnets are set
@@ -66,7 +66,7 @@ class Settings:
     fargate_config_bucket: str = ""
     # Seconds to wait for a stopped task to reach STOPPED.
     fargate_stop_timeout: float = 120.0
-    # Pod backend: the harness image (built from runner.Dockerfile) and an
+    # Pod backend: the runner image (built from runner.Dockerfile) and an
     # optional RuntimeClass (gVisor, Kata) for stronger isolation.
     runner_image: str = "agenttest/runner:0.1.0"
     pod_runtime_class: str = ""

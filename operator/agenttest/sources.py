@@ -1,4 +1,4 @@
-"""Fetching agent.py and assembling the harness configuration."""
+"""Fetching agent.py and assembling the runner configuration."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class SourceUnavailable(RuntimeError):
     """agent.py cannot be read; the message says where it was looked for."""
 
 
-def harness_config(spec: AgentTestSpec, source: str) -> dict[str, Any]:
+def runner_config(spec: AgentTestSpec, source: str) -> dict[str, Any]:
     """What `python -m agenttest.runner` reads (the runner's config schema)."""
     return {
         "agentSource": source,

@@ -1,6 +1,6 @@
 """AgentTests on the Fargate backend: kubectl -> operator -> ECS (moto over HTTP) -> status.
 
-The FargatePlayer runs each task's harness as a local process and ships its
+The FargatePlayer runs each task's runner as a local process and ships its
 output to CloudWatch Logs the way the awslogs driver does; the operator only
 ever talks to the moto server through boto3.
 """
@@ -145,7 +145,7 @@ def test_cancel_stops_the_task(
     kube.apply(on_fargate("cancel-me", SLEEPING_AGENT.format(seconds=300), model_server.url))
     kube.wait_for_phase("cancel-me", "Running", "Building")
     [task_arn] = player.wait_for_tasks(1)
-    kube.wait_for("the harness to run", lambda: player.output(task_arn))
+    kube.wait_for("the runner to run", lambda: player.output(task_arn))
     kube.patch("cancel-me", {"spec": {"cancel": True}})
     status = kube.wait_for_phase("cancel-me", "Cancelled", "Failed", "Succeeded")["status"]
     assert status["phase"] == "Cancelled"

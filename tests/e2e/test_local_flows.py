@@ -1,4 +1,4 @@
-"""Whole AgentTest flows: kubectl -> operator -> local harness -> status, on the real API server."""
+"""Whole AgentTest flows: kubectl -> operator -> local runner -> status, on the real API server."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def agent(model):
 
 
 def start_sleeper(kube: Kube, name: str, endpoint: str, directory: Path, **spec: Any) -> int:
-    """Apply a test whose agent sleeps; return the harness's pid once it runs."""
+    """Apply a test whose agent sleeps; return the agent host's pid once it runs."""
     kube.apply(agent_test(name, recording_agent(directory, sleep=300), endpoint, **spec))
     pid_file = kube.wait_for("the agent to start", lambda: next(directory.glob("*.pid"), None))
     return int(pid_file.read_text())
@@ -159,7 +159,7 @@ def test_timeout_ends_timed_out_and_kills_the_process(
     status = kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded", "Error")["status"]
     assert status["phase"] == "TimedOut"
     assert "timed out after 6s" in status["message"]
-    assert not pid_alive(pid), "the harness process must be gone"
+    assert not pid_alive(pid), "the agent's process must be gone"
 
 
 def test_cancel_mid_run_ends_cancelled_and_kills_the_process(
@@ -235,7 +235,7 @@ def test_queue_limit_priority_order_and_all_succeed(
     runs = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
     assert len(runs) == count, "every test ran exactly once"
 
-    # Never more than `limit` harness processes alive at the same moment.
+    # Never more than `limit` runner processes alive at the same moment.
     moments = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
     alive = peak = 0
     for _, change in moments:

@@ -75,7 +75,7 @@ def config_maps(kube: Kube, test: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_pod_test_succeeds_and_kubectl_logs_shows_the_harness(
+def test_pod_test_succeeds_and_kubectl_logs_shows_the_runner(
     restricted: Kube,
     kubelet: FakeKubelet,
     start_operator: StartOperator,

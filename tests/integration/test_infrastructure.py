@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from agenttest.backends.base import ExecutionKey, LaunchRequest
 from agenttest.backends.fargate import MAX_INLINE_CONFIG, FargateConfig, FargateExecutor
+from agenttest.executions import ExecutionKey, LaunchRequest
 from agenttest.runner.protocol import CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings, _parse
 
@@ -259,7 +259,7 @@ def _reads_configs(synth: Synth, statement: dict[str, Any]) -> bool:
     )
 
 
-def test_task_role_only_reads_harness_configs_for_ollama(
+def test_task_role_only_reads_runner_configs_for_ollama(
     synths: dict[tuple[str, str], Synth],
 ) -> None:
     for egress in ("endpoints", "nat"):
@@ -511,7 +511,7 @@ def test_fargate_backend_calls_match_the_operator_role(synth: Synth) -> None:
         key=ExecutionKey(uid="0123456789abcdef0123456789abcdef", attempt=1),
         namespace="team-a",
         test_name="big",
-        harness_config={"agentSource": "x" * (MAX_INLINE_CONFIG + 1)},
+        runner_config={"agentSource": "x" * (MAX_INLINE_CONFIG + 1)},
         timeout_seconds=60,
     )
 

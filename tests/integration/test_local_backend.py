@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agenttest.backends.base import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
 from agenttest.backends.local import LocalExecutor
+from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
 
 from containershim import kill_tree
 from support import pid_alive
@@ -31,7 +31,7 @@ def request(source: str, attempt: int = 1) -> LaunchRequest:
         key=ExecutionKey("0123456789abcdef-uid-0123456789ab", attempt),
         namespace="ns",
         test_name="t",
-        harness_config=config(source),
+        runner_config=config(source),
         timeout_seconds=60,
     )
 

@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from agenttest.backends.base import ExecutionState, LaunchRefused
-from agenttest.backends.fargate import fargate_size, task_observation
+from agenttest.backends.base import LaunchRefused
+from agenttest.backends.fargate import (
+    FargateConfig,
+    fargate_size,
+    run_task_arguments,
+    task_observation,
+)
+from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest
 
 
 @pytest.mark.parametrize(
@@ -87,3 +93,35 @@ def test_a_stop_we_asked_for_is_an_exit_not_an_infra_failure() -> None:
         containers=[{"name": "runner", "exitCode": 137}],
     )
     assert task_observation(stopped, "runner").state == ExecutionState.EXITED
+
+
+def test_run_task_arguments_for_spot_and_on_demand() -> None:
+    config = FargateConfig(
+        cluster="c", task_definition="td", container="runner", subnets=("s-1",),
+        security_groups=("sg-1",), assign_public_ip=False, use_spot=True,
+        log_group="/g", log_stream_prefix="p", config_bucket="", stop_timeout=5.0,
+    )  # fmt: skip
+    request = LaunchRequest(
+        key=ExecutionKey("0123456789abcdef-uid-0123456789ab", 2),
+        namespace="team",
+        test_name="t",
+        runner_config={},
+        timeout_seconds=60,
+        cpu="1",
+        memory="2Gi",
+        run_key="ab" * 32,
+    )
+    spot = run_task_arguments(config, request, {"AGENTTEST_CONFIG": "{}"}, "FARGATE_SPOT")
+    demand = run_task_arguments(config, request, {"AGENTTEST_CONFIG": "{}"})
+    assert spot["capacityProviderStrategy"] == [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
+    assert demand["launchType"] == "FARGATE" and "capacityProviderStrategy" not in demand
+    assert spot["clientToken"] == request.key.name + "-spot"
+    assert demand["clientToken"] == demand["startedBy"] == request.key.name
+    assert demand["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"] == "DISABLED"
+    assert (demand["overrides"]["cpu"], demand["overrides"]["memory"]) == ("1024", "2048")
+    [container] = demand["overrides"]["containerOverrides"]
+    assert container["environment"] == [
+        {"name": "AGENTTEST_CONFIG", "value": "{}"},
+        {"name": "AGENTTEST_RUN_KEY", "value": "ab" * 32},
+    ]
+    assert {"key": "agenttest.dev/attempt", "value": "2"} in demand["tags"]

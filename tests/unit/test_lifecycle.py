@@ -4,7 +4,7 @@ import datetime
 from typing import Any
 
 from agenttest import lifecycle
-from agenttest.handlers import merge_patch
+from agenttest.kubeapi import merge_patch
 from agenttest.models import AgentTestSpec, AgentTestStatus, Backend, CaseResult, Phase
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -72,7 +72,7 @@ def test_launch_leaves_the_queue_and_records_the_execution() -> None:
     assert status.execution.started_at == "2026-01-01T12:00:00Z"
 
 
-def test_harness_running_marker_moves_building_to_running_only() -> None:
+def test_runner_running_marker_moves_building_to_running_only() -> None:
     status = lifecycle.progressed(started(), Phase.RUNNING)
     assert status.phase == Phase.RUNNING
     assert lifecycle.progressed(started(), None).phase == Phase.BUILDING
@@ -85,12 +85,12 @@ def test_timeout_counts_from_launch() -> None:
 
 def test_outcomes() -> None:
     cases = [CaseResult(name="a", passed=True), CaseResult(name="b", passed=True)]
-    passed = lifecycle.HarnessResult(passed=True, summary="2/2 cases passed", cases=cases)
+    passed = lifecycle.RunnerResult(passed=True, summary="2/2 cases passed", cases=cases)
     assert lifecycle.outcome(passed, 0, "", expected_cases=["a", "b"]) == (
         Phase.SUCCEEDED,
         "2/2 cases passed",
     )
-    failing = lifecycle.HarnessResult(
+    failing = lifecycle.RunnerResult(
         passed=False,
         reason='1 of 2 cases failed: b; b: contains "x": not found',
         cases=[CaseResult(name="b", passed=False, failures=['contains "x": not found'])],
@@ -108,14 +108,14 @@ def test_outcomes() -> None:
 
 def test_a_pass_needs_exit_code_zero_and_exactly_the_specs_cases() -> None:
     cases = [CaseResult(name="a", passed=True)]
-    passed = lifecycle.HarnessResult(passed=True, summary="1/1 cases passed", cases=cases)
+    passed = lifecycle.RunnerResult(passed=True, summary="1/1 cases passed", cases=cases)
     phase, message = lifecycle.outcome(passed, 1, "", expected_cases=["a"])
     assert phase == Phase.FAILED and "exited with code 1" in message
     phase, message = lifecycle.outcome(passed, None, "", expected_cases=["a"])
     assert phase == Phase.FAILED
     phase, message = lifecycle.outcome(passed, 0, "", expected_cases=["a", "b"])
     assert phase == Phase.ERROR and "not the spec's ['a', 'b']" in message
-    empty = lifecycle.HarnessResult(passed=True, summary="0/0 cases passed")
+    empty = lifecycle.RunnerResult(passed=True, summary="0/0 cases passed")
     assert lifecycle.outcome(empty, 0, "", expected_cases=["a"])[0] == Phase.FAILED
 
 
@@ -125,7 +125,7 @@ def test_forged_lines_are_named_in_the_message() -> None:
 
 
 def test_finish_records_results_duration_and_completion() -> None:
-    result = lifecycle.HarnessResult(
+    result = lifecycle.RunnerResult(
         passed=True, summary="1/1 cases passed", cases=[CaseResult(name="a", passed=True)]
     )
     status = lifecycle.finish(started(), Phase.SUCCEEDED, "ok", at(75), result)

@@ -53,7 +53,7 @@ def test_follow_extracts_phase_and_result_and_hides_machine_lines() -> None:
         cursor="10",
         key=KEY,
     )
-    assert progress.harness_phase == "Running"
+    assert progress.runner_phase == "Running"
     assert progress.tail == "[agenttest] case a: PASS"
     progress = logtail.follow(
         progress,
@@ -91,6 +91,6 @@ def test_a_replayed_line_does_not_count() -> None:
     progress = logtail.follow(
         logtail.Progress("e"), [phase, running, phase], limit=8192, cursor="1", key=KEY
     )
-    assert progress.harness_phase == "Running"
+    assert progress.runner_phase == "Running"
     assert progress.forged == 1
     assert progress.last_seq == 2

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from agenttest.backends.base import ExecutionKey, ExecutionState, LaunchRequest
 from agenttest.backends.pod import (
     config_map_manifest,
     pod_manifest,
     pod_observation,
     split_timestamped,
 )
+from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest
 
 REQUEST = LaunchRequest(
     key=ExecutionKey("0123abcd-0000-0000-0000-00000000beef", 2),
     namespace="team",
     test_name="hello",
-    harness_config={"cases": []},
+    runner_config={"cases": []},
     timeout_seconds=60,
     cpu="500m",
     memory="1Gi",

@@ -1,1 +1,1 @@
-"""Execution backends: where a test's harness runs (see base.Executor)."""
+"""Execution backends: where a test's runner runs (see base.Executor)."""

@@ -1,8 +1,8 @@
-"""The Fargate backend: the harness as an AWS ECS Fargate task.
+"""The Fargate backend: the runner as an AWS ECS Fargate task.
 
 A launch is `run_task` with a `clientToken` and `startedBy` derived from the
 ExecutionKey, and a lookup by `startedBy` first, so a launch repeated after an
-operator restart finds the task instead of starting another. The harness's
+operator restart finds the task instead of starting another. The runner's
 output comes back through CloudWatch Logs (the awslogs driver's stream
 `<prefix>/<container>/<task-id>`), read forward with the page token.
 Credentials come only from boto3's default chain (IRSA, environment,
@@ -21,13 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agenttest.backends.base import (
-    ExecutionState,
-    LaunchRefused,
-    LaunchRequest,
-    LogChunk,
-    Observation,
-)
+from agenttest.backends.base import LaunchRefused
+from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
 from agenttest.models import Backend
 from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings
@@ -133,6 +128,63 @@ class FargateConfig:
         )
 
 
+def run_task_arguments(
+    config: FargateConfig,
+    request: LaunchRequest,
+    environment: dict[str, str],
+    capacity: str = "FARGATE",
+) -> dict[str, Any]:
+    """The RunTask call for one execution on one capacity provider (pure).
+
+    The clientToken makes a repeated call (an operator restarted mid-launch)
+    return the task already started; Spot and on-demand get different tokens,
+    since falling back to on-demand is a different request.
+    """
+    cpu, memory = fargate_size(request.cpu, request.memory)
+    started_by = request.key.name
+    # The signing key is seen by whoever may DescribeTasks in the account (keep
+    # testers out of that), never by the agent host: the judge drops it at once.
+    container_environment = {**environment, RUN_KEY_ENV: request.run_key}
+    placement: dict[str, Any] = (
+        {"capacityProviderStrategy": [{"capacityProvider": capacity, "weight": 1}]}
+        if capacity == "FARGATE_SPOT"
+        else {"launchType": "FARGATE"}
+    )
+    return {
+        "cluster": config.cluster,
+        "taskDefinition": config.task_definition,
+        "count": 1,
+        "startedBy": started_by,
+        "clientToken": started_by + ("-spot" if capacity == "FARGATE_SPOT" else ""),
+        "networkConfiguration": {
+            "awsvpcConfiguration": {
+                "subnets": list(config.subnets),
+                "securityGroups": list(config.security_groups),
+                "assignPublicIp": "ENABLED" if config.assign_public_ip else "DISABLED",
+            }
+        },
+        "overrides": {
+            "cpu": str(cpu),
+            "memory": str(memory),
+            "containerOverrides": [
+                {
+                    "name": config.container,
+                    "environment": [
+                        {"name": k, "value": v} for k, v in container_environment.items()
+                    ],
+                }
+            ],
+        },
+        "tags": [
+            {"key": "agenttest.dev/namespace", "value": request.namespace},
+            {"key": "agenttest.dev/name", "value": request.test_name},
+            {"key": "agenttest.dev/uid", "value": request.key.uid},
+            {"key": "agenttest.dev/attempt", "value": str(request.key.attempt)},
+        ],
+        **placement,
+    }
+
+
 class FargateExecutor:
     kind = Backend.FARGATE
 
@@ -187,12 +239,12 @@ class FargateExecutor:
         return None
 
     async def _config_environment(self, request: LaunchRequest) -> dict[str, str]:
-        text = json.dumps(request.harness_config, separators=(",", ":"))
+        text = json.dumps(request.runner_config, separators=(",", ":"))
         if len(text.encode()) <= MAX_INLINE_CONFIG:
             return {CONFIG_ENV: text}
         if not self.config.config_bucket:
             raise LaunchRefused(
-                f"the harness configuration is {len(text.encode())} bytes; Fargate overrides "
+                f"the runner configuration is {len(text.encode())} bytes; Fargate overrides "
                 "hold 8 KiB, and no AGENTTEST_FARGATE_CONFIG_BUCKET is set to pass it through S3"
             )
         key = (
@@ -210,60 +262,17 @@ class FargateExecutor:
         return {CONFIG_S3_ENV: f"s3://{self.config.config_bucket}/{key}"}
 
     async def launch(self, request: LaunchRequest) -> str:
-        cpu, memory = fargate_size(request.cpu, request.memory)
+        fargate_size(request.cpu, request.memory)  # refuse an impossible size before anything
         started_by = request.key.name
         existing = await self._find(started_by)
         if existing:
             logger.info("adopting task %s for %s", existing, started_by)
             return existing
         environment = await self._config_environment(request)
-        # Seen by whoever may DescribeTasks in the account (keep testers out of it),
-        # never by the agent host: the judge drops it before starting anything.
-        environment[RUN_KEY_ENV] = request.run_key
-        arguments: dict[str, Any] = {
-            "cluster": self.config.cluster,
-            "taskDefinition": self.config.task_definition,
-            "count": 1,
-            "startedBy": started_by,
-            "networkConfiguration": {
-                "awsvpcConfiguration": {
-                    "subnets": list(self.config.subnets),
-                    "securityGroups": list(self.config.security_groups),
-                    "assignPublicIp": "ENABLED" if self.config.assign_public_ip else "DISABLED",
-                }
-            },
-            "overrides": {
-                "cpu": str(cpu),
-                "memory": str(memory),
-                "containerOverrides": [
-                    {
-                        "name": self.config.container,
-                        "environment": [{"name": k, "value": v} for k, v in environment.items()],
-                    }
-                ],
-            },
-            "tags": [
-                {"key": "agenttest.dev/namespace", "value": request.namespace},
-                {"key": "agenttest.dev/name", "value": request.test_name},
-                {"key": "agenttest.dev/uid", "value": request.key.uid},
-                {"key": "agenttest.dev/attempt", "value": str(request.key.attempt)},
-            ],
-        }
-        attempts = (
-            [("FARGATE_SPOT", "-spot"), ("FARGATE", "")]
-            if self.config.use_spot
-            else [("FARGATE", "")]
-        )
         reasons = []
-        for capacity, suffix in attempts:
-            placement: dict[str, Any] = (
-                {"capacityProviderStrategy": [{"capacityProvider": capacity, "weight": 1}]}
-                if capacity == "FARGATE_SPOT"
-                else {"launchType": "FARGATE"}
-            )
-            answer = await self._call(
-                "ecs", "run_task", clientToken=f"{started_by}{suffix}", **arguments, **placement
-            )
+        for capacity in ("FARGATE_SPOT", "FARGATE") if self.config.use_spot else ("FARGATE",):
+            arguments = run_task_arguments(self.config, request, environment, capacity)
+            answer = await self._call("ecs", "run_task", **arguments)
             if answer.get("tasks"):
                 return str(answer["tasks"][0]["taskArn"])
             reasons += [f"{f.get('reason')}" for f in answer.get("failures", [])]

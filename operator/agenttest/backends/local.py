@@ -1,10 +1,10 @@
-"""The local backend: the harness as a process on the operator's own host.
+"""The local backend: the runner as a process on the operator's own host.
 
 For development and the demo only: it runs untrusted agent code with the
 operator's privileges, so the operator starts it only when told to.
 
 Each execution is a record directory named after its ExecutionKey, holding
-the harness config, its output, the supervisor's pid and, at the end, the
+the runner config, its output, the supervisor's pid and, at the end, the
 exit code. The supervisor (`local_supervisor`) leads its own session and
 process group, so it survives an operator restart, and stopping it kills
 the whole group.
@@ -24,12 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from agenttest.backends.base import (
-    ExecutionState,
-    LaunchRequest,
-    LogChunk,
-    Observation,
-)
+from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
 from agenttest.models import Backend
 from agenttest.runner.confine import descendants
 from agenttest.runner.protocol import RUN_KEY_ENV
@@ -140,7 +135,7 @@ class LocalExecutor:
             return execution_id  # launched before (perhaps by an earlier operator)
         record.mkdir(parents=True, exist_ok=True)
         record.chmod(0o700)
-        (record / "config.json").write_text(json.dumps(request.harness_config))
+        (record / "config.json").write_text(json.dumps(request.runner_config))
         # A plain Popen, not asyncio's: the child must outlive this event loop
         # (and this operator), and fork/exec does not block for long.
         child = subprocess.Popen(  # noqa: ASYNC220
@@ -172,7 +167,7 @@ class LocalExecutor:
             return Observation(ExecutionState.EXITED, exit_code=-9, reason=stopped.read_text())
         return Observation(
             ExecutionState.MISSING,
-            reason="the local harness process disappeared without an exit code",
+            reason="the local runner process disappeared without an exit code",
             infra_failure=True,
         )
 

@@ -1,9 +1,9 @@
 """Runs the judge for the local backend and records how it ended.
 
 Started by the local backend as the leader of a new session, so it outlives
-an operator restart. It writes the harness's exit code into the record
+an operator restart. It writes the runner's exit code into the record
 directory (the operator may no longer be its parent to collect it) and
-removes the harness's work directory afterwards.
+removes the runner's work directory afterwards.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ def supervise(record: Path) -> int:
     run_key = os.environ.pop(RUN_KEY_ENV, "")
     work = record / "work"
     work.mkdir(exist_ok=True)
-    # A SIGTERM sent to the process group reaches the harness too; outliving
+    # A SIGTERM sent to the process group reaches the runner too; outliving
     # it for a moment lets this process record the exit code.
     signal.signal(signal.SIGTERM, lambda *_: None)
     with (record / "output.log").open("ab", buffering=0) as output:
-        harness = subprocess.Popen(
+        runner = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -49,7 +49,7 @@ def supervise(record: Path) -> int:
             stdin=subprocess.DEVNULL,
             env={**os.environ, RUN_KEY_ENV: run_key},
         )
-        code = harness.wait()
+        code = runner.wait()
     kill_descendants()
     partial = record / "exit_code.partial"
     partial.write_text(str(code))

@@ -1,6 +1,6 @@
-"""The pod backend: the harness as a Pod in the test's own namespace.
+"""The pod backend: the runner as a Pod in the test's own namespace.
 
-One Pod and one ConfigMap (the harness configuration, mounted read-only) per
+One Pod and one ConfigMap (the runner configuration, mounted read-only) per
 execution, both named from the ExecutionKey and owned by the AgentTest, so a
 create repeated after a restart meets AlreadyExists and adopts, and deleting
 the test garbage-collects whatever is left. The pod is built for running a
@@ -21,13 +21,9 @@ import time
 from typing import Any
 
 from agenttest import kubeapi
-from agenttest.backends.base import (
-    ExecutionState,
-    LaunchRequest,
-    LogChunk,
-    Observation,
-)
-from agenttest.models import API_VERSION, Backend
+from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.models import Backend
+from agenttest.objects import MANAGED_BY, owned_metadata, test_label
 from agenttest.runner.protocol import RUN_KEY_ENV
 
 logger = logging.getLogger(__name__)
@@ -40,7 +36,7 @@ RUNNER_UID = 10001
 # The pod's own deadline is the test's timeout plus this margin: the operator
 # stops it first; the kubelet's deadline is the backstop if the operator is down.
 DEADLINE_MARGIN_SECONDS = 30
-CONTAINER = "harness"
+CONTAINER = "runner"
 WAITING_PROBLEMS = (
     "ErrImagePull",
     "ImagePullBackOff",
@@ -53,36 +49,27 @@ WAITING_PROBLEMS = (
 
 def labels(request: LaunchRequest) -> dict[str, str]:
     return {
-        "app.kubernetes.io/managed-by": "agenttest-operator",
+        **MANAGED_BY,
         "agenttest.dev/role": "runner",
-        "agenttest.dev/test": request.test_name[:63],
+        **test_label(request.test_name),
         "agenttest.dev/uid": request.key.uid,
         "agenttest.dev/attempt": str(request.key.attempt),
     }
 
 
-def owner(request: LaunchRequest) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AgentTest",
-        "name": request.test_name,
-        "uid": request.key.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+def metadata(request: LaunchRequest) -> dict[str, Any]:
+    """Every object of an execution: named after its key, labelled, owned by the test."""
+    return owned_metadata(
+        request.key.name, request.namespace, request.test_name, request.key.uid, labels(request)
+    )
 
 
 def config_map_manifest(request: LaunchRequest) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": request.key.name,
-            "namespace": request.namespace,
-            "labels": labels(request),
-            "ownerReferences": [owner(request)],
-        },
-        "data": {CONFIG_KEY: json.dumps(request.harness_config)},
+        "metadata": metadata(request),
+        "data": {CONFIG_KEY: json.dumps(request.runner_config)},
     }
 
 
@@ -96,12 +83,7 @@ def key_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": request.key.name,
-            "namespace": request.namespace,
-            "labels": labels(request),
-            "ownerReferences": [owner(request)],
-        },
+        "metadata": metadata(request),
         "type": "Opaque",
         "stringData": {RUN_KEY_KEY: request.run_key},
     }
@@ -164,12 +146,7 @@ def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") ->
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": request.key.name,
-            "namespace": request.namespace,
-            "labels": labels(request),
-            "ownerReferences": [owner(request)],
-        },
+        "metadata": metadata(request),
         "spec": spec,
     }
 

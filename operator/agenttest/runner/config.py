@@ -1,6 +1,6 @@
-"""The harness's input: a JSON document in the CRD's camelCase shape.
+"""The runner's input: a JSON document in the CRD's camelCase shape.
 
-Parsed by hand into frozen dataclasses because the harness runs inside the test
+Parsed by hand into frozen dataclasses because the runner runs inside the test
 container, where only strands and the standard library are guaranteed. Every error
 names the offending key, since the message ends up in the AgentTest's status.
 """

@@ -40,13 +40,13 @@ FAILURE_LIMIT = 1000  # characters of one failure text kept in the result
 RESULT_LINE_LIMIT = 192 * 1024
 TOOL_CALLS_LIMIT = 100  # tool names kept per case in the result
 
-# Where the harness finds its configuration when not given --config: the JSON
+# Where the judge finds its configuration when not given --config: the JSON
 # itself, or (when too large for a task's environment) an S3 URI holding it.
 CONFIG_ENV = "AGENTTEST_CONFIG"
 CONFIG_S3_ENV = "AGENTTEST_CONFIG_S3"
 
 PHASE_BUILDING = "Building"
-# The exit code when the harness's own clock ended a step: the code `timeout(1)`
+# The exit code when the judge's own clock ended a step: the code `timeout(1)`
 # uses, so it reads as "killed by a timer".
 EXIT_TIMED_OUT = 124
 PHASE_RUNNING = "Running"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime
 
 from agenttest.models import Phase
-from agenttest.queue import QueueEntry, plan
+from agenttest.scheduling import QueueEntry, plan
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 

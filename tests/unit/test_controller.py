@@ -1,0 +1,162 @@
+"""The controller and scheduler with a fake executor: the step's actions, without I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from dataclasses import dataclass, field
+
+from agenttest import controller
+from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
+from agenttest.runner.protocol import signed_line
+from agenttest.scheduling import QueueEntry, Scheduler
+from agenttest.settings import Settings
+
+from test_lifecycle import T0, spec
+
+SECRET = b"s" * 32
+
+
+@dataclass
+class FakeExecutor:
+    """An executor whose executions do what the test says, in memory."""
+
+    kind: Backend = Backend.LOCAL
+    log_grace_seconds: float = 0.0
+    launched: list[LaunchRequest] = field(default_factory=list)
+    states: dict[str, Observation] = field(default_factory=dict)
+    lines: dict[str, list[str]] = field(default_factory=dict)
+    stopped: list[str] = field(default_factory=list)
+
+    async def launch(self, request: LaunchRequest) -> str:
+        self.launched.append(request)
+        self.states[request.key.name] = Observation(ExecutionState.RUNNING)
+        return request.key.name
+
+    async def observe(self, execution_id: str) -> Observation:
+        return self.states[execution_id]
+
+    async def read_logs(self, execution_id: str, cursor: str | None) -> LogChunk:
+        lines = self.lines.get(execution_id, [])
+        start = int(cursor or 0)
+        return LogChunk(lines[start:], str(len(lines)))
+
+    async def stop(self, execution_id: str, reason: str) -> None:
+        self.stopped.append(execution_id)
+        self.states[execution_id] = Observation(ExecutionState.EXITED, exit_code=-9)
+
+    async def cleanup(self, execution_id: str) -> None:
+        await self.stop(execution_id, "cleanup")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+
+def runtime(limit: int = 1) -> tuple[controller.Runtime, FakeExecutor, Clock]:
+    executor, clock = FakeExecutor(), Clock()
+    rt = controller.Runtime(
+        settings=Settings(default_backend=Backend.LOCAL, max_running=limit),
+        executors={Backend.LOCAL: executor},
+        scheduler=Scheduler(limit=limit),
+        signing_secret=SECRET,
+        clock=clock,
+    )
+    return rt, executor, clock
+
+
+def agent_test(uid: str, status: AgentTestStatus | None = None, **changes: object) -> AgentTest:
+    return AgentTest(uid, "ns", f"t-{uid}", 1, spec(**changes), status or AgentTestStatus())
+
+
+def entry(test: AgentTest, created: str) -> QueueEntry:
+    return QueueEntry(test.uid, test.namespace, test.name, 0, created, test.status.phase)
+
+
+def alone(test: AgentTest) -> controller.Indexed:
+    """The index of a cluster where this test is the only one."""
+    return lambda: [entry(test, "2026-01-01T00:00:00Z")]
+
+
+def test_a_slot_is_claimed_through_the_scheduler_and_the_next_test_waits() -> None:
+    rt, executor, _ = runtime(limit=1)
+    first, second = agent_test("a"), agent_test("b")
+    indexed = [entry(first, "2026-01-01T00:00:00Z"), entry(second, "2026-01-01T00:00:01Z")]
+
+    async def steps() -> tuple[controller.Step, controller.Step]:
+        one = await controller.reconcile(rt, first, lambda: indexed)
+        two = await controller.reconcile(rt, second, lambda: indexed)
+        return one, two
+
+    one, two = asyncio.run(steps())
+    assert one.status.phase == Phase.BUILDING
+    assert [phase for phase, _ in one.transitions] == [Phase.PENDING, Phase.QUEUED, Phase.BUILDING]
+    # The index still says both are waiting; the claimed slot counts all the same.
+    assert (two.status.phase, two.status.queue_position) == (Phase.QUEUED, 1)
+    [request] = executor.launched
+    assert request.key.uid == "a" and len(request.run_key) == 64
+
+
+def test_the_executions_signed_result_ends_it_and_a_forged_one_does_not() -> None:
+    rt, executor, clock = runtime()
+    test = agent_test("a")
+    status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
+    [request] = executor.launched
+    key = bytes.fromhex(request.run_key)
+    execution = request.key.name
+    forged = signed_line(b"guess", 1, {"event": "result", "passed": True, "cases": []})
+    executor.lines[execution] = [forged]
+    executor.states[execution] = Observation(ExecutionState.EXITED, exit_code=0)
+    clock.now += datetime.timedelta(seconds=2)
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert ended.status.phase == Phase.ERROR
+    assert ended.status.forged_lines == 1
+
+    rt, executor, clock = runtime()
+    status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
+    [request] = executor.launched
+    passed = {"event": "result", "passed": True, "summary": "1/1 cases passed",
+              "cases": [{"name": "a", "passed": True}]}  # fmt: skip
+    executor.lines[request.key.name] = [signed_line(bytes.fromhex(request.run_key), 1, passed)]
+    executor.states[request.key.name] = Observation(ExecutionState.EXITED, exit_code=0)
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert ended.status.phase == Phase.SUCCEEDED
+    assert key  # the first execution's key signed nothing the second trusted
+
+
+def test_a_timeout_stops_the_execution_and_keeps_its_last_output() -> None:
+    rt, executor, clock = runtime()
+    status = asyncio.run(controller.reconcile(rt, agent_test("a"), alone(agent_test("a")))).status
+    [request] = executor.launched
+    executor.lines[request.key.name] = ["[agenttest] still thinking"]
+    clock.now += datetime.timedelta(seconds=301)
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert ended.status.phase == Phase.TIMED_OUT
+    assert executor.stopped == [request.key.name]
+    assert ended.status.log_tail == "[agenttest] still thinking"
+
+
+def test_cancel_stops_the_execution() -> None:
+    rt, executor, _ = runtime()
+    status = asyncio.run(controller.reconcile(rt, agent_test("a"), alone(agent_test("a")))).status
+    cancelled = agent_test("a", status, cancel=True)
+    ended = asyncio.run(controller.reconcile(rt, cancelled, lambda: []))
+    assert ended.status.phase == Phase.CANCELLED
+    assert executor.stopped == [executor.launched[0].key.name]
+
+
+def test_the_scheduler_overlays_what_was_written_on_the_lagging_index() -> None:
+    scheduler = Scheduler(limit=1)
+    waiting = QueueEntry("a", "ns", "a", 0, "2026-01-01T00:00:00Z", Phase.QUEUED)
+    scheduler.record("a", AgentTestStatus(phase=Phase.SUCCEEDED))
+    # The index still says Queued; what we wrote says it is done: not waiting.
+    assert scheduler.plan(lambda: [waiting], T0).positions == {}
+    scheduler.forget("a")
+    assert scheduler.plan(lambda: [waiting], T0 + datetime.timedelta(seconds=1)).positions == {
+        "a": 1
+    }
