@@ -11,15 +11,14 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import os
 import sys
 
 from agenttest import package_cli
-from agenttest.settings import Settings
+from agenttest.settings import Settings, activate
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; a flag sets the setting's AGENTTEST_* variable."""
+    """One flag per setting; a flag overrides the setting's AGENTTEST_* variable."""
     for item in dataclasses.fields(Settings):
         flag = "--" + item.name.replace("_", "-")
         if item.type == "bool":
@@ -28,27 +27,25 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 action="store_const",
                 const="true",
                 dest=item.name,
-                help=f"sets AGENTTEST_{item.name.upper()}",
+                help=f"overrides AGENTTEST_{item.name.upper()}",
             )
         else:
             parser.add_argument(
                 flag,
                 dest=item.name,
                 metavar=item.name.upper(),
-                help=f"sets AGENTTEST_{item.name.upper()}",
+                help=f"overrides AGENTTEST_{item.name.upper()}",
             )
 
 
 def run(args: argparse.Namespace) -> int:
-    for item in dataclasses.fields(Settings):
-        value = getattr(args, item.name)
-        if value is not None:
-            os.environ[f"AGENTTEST_{item.name.upper()}"] = str(value)
+    flags = {item.name: getattr(args, item.name) for item in dataclasses.fields(Settings)}
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_flags(flags)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    activate(settings)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

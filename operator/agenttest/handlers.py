@@ -21,6 +21,7 @@ import kopf
 from pydantic import ValidationError
 
 from agenttest import controller, kubeapi, lifecycle, metrics, wiring
+from agenttest import settings as settings_module
 from agenttest.models import (
     AGENTTEST_PLURAL,
     GROUP,
@@ -81,7 +82,7 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config: Settings = memo.get("settings") or Settings.from_env()
+    config: Settings = memo.get("settings") or settings_module.active()
     memo["settings"] = config
     # Our own names for kopf's bookkeeping, so it is recognisably ours.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -127,7 +128,11 @@ def _entries(index: kopf.Index[str, QueueEntry]) -> list[QueueEntry]:
 
 # kopf passes indexes as extra keyword arguments, which its TimerFn protocol does not list.
 @kopf.timer(  # type: ignore[arg-type]
-    GROUP, VERSION, AGENTTEST_PLURAL, interval=Settings.from_env().poll_interval, when=needs_driving
+    GROUP,
+    VERSION,
+    AGENTTEST_PLURAL,
+    interval=settings_module.active().poll_interval,
+    when=needs_driving,
 )
 async def drive(
     body: kopf.Body, memo: kopf.Memo, queue_index: kopf.Index[str, QueueEntry], **_: Any

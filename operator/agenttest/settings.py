@@ -98,6 +98,29 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def from_flags(
+        cls, flags: Mapping[str, str | None], environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """The environment's settings with `agenttest run` flags (text, like variables) on top."""
+        parsed = {name: _parse(name, raw) for name, raw in flags.items() if raw is not None}
+        return cls.from_env(environ, **parsed)
+
+
+# The settings the running operator was started with. kopf reads a timer's interval
+# when the handlers module is imported, before any handler runs, so the CLI sets
+# them here first; without a CLI (kopf run, tests) they come from the environment.
+_active: Settings | None = None
+
+
+def activate(settings: Settings) -> None:
+    global _active
+    _active = settings
+
+
+def active() -> Settings:
+    return _active if _active is not None else Settings.from_env()
+
 
 def _parse(name: str, raw: str) -> Any:
     kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]

@@ -35,3 +35,15 @@ def test_environment_then_overrides() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=f"AGENTTEST_{name}"):
         Settings.from_env({f"AGENTTEST_{name}": value})
+
+
+def test_flags_override_the_environment_without_touching_it() -> None:
+    env = {"AGENTTEST_MAX_RUNNING": "3", "AGENTTEST_POLL_INTERVAL": "2"}
+    settings = Settings.from_flags(
+        {"max_running": "7", "enable_local_backend": "true", "poll_interval": None}, env
+    )
+    assert (settings.max_running, settings.enable_local_backend) == (7, True)
+    assert settings.poll_interval == 2.0  # no flag: the variable holds
+    assert env == {"AGENTTEST_MAX_RUNNING": "3", "AGENTTEST_POLL_INTERVAL": "2"}
+    with pytest.raises(ValueError, match="AGENTTEST_MAX_RUNNING"):
+        Settings.from_flags({"max_running": "many"}, {})
