@@ -114,6 +114,8 @@ def test_timeout_cancel_and_deletion_remove_pod_and_config_map(
             lambda n=name: any(
                 "agent imported" in line
                 for p in runner_pods(kube, n)
+                # A pod the API server has but the node has not started yet has no output.
+                if (kube.namespace, p["metadata"]["name"]) in kubelet.pods()
                 for line in kubelet.output(kube.namespace, p["metadata"]["name"])
             ),
         )
