@@ -19,6 +19,8 @@ WORKDIR /src
 # the readme) and the source root. Everything else is kept out by
 # .dockerignore anyway.
 COPY pyproject.toml README.md ./
+# The development kit (operator/agenttest_dev) is neither in the context
+# (.dockerignore) nor in the wheel (pyproject.toml's packages include).
 COPY operator/ operator/
 RUN /opt/agenttest/bin/pip install . \
     && /opt/agenttest/bin/python -m compileall -q /opt/agenttest/lib

@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@# The development kit (operator/agenttest_dev) is not in the wheel; name the
+	@# source root on the venv's path so every python of the venv imports it,
+	@# children with a scrubbed environment included (no PYTHONPATH to pass on).
+	echo "$(CURDIR)/operator" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/agenttest-dev.pth"
 	touch $@
 
 .PHONY: venv
@@ -31,7 +35,7 @@ tools: $(STAMP) ## Install etcd (Debian etcd-server, as root) and build/cache th
 	    echo "error: etcd is missing: install the Debian package etcd-server (sudo apt-get install etcd-server) or set KUBEBUILDER_ASSETS" >&2; exit 1; \
 	  fi; \
 	fi
-	$(BIN)/python -m agenttest.devcluster build
+	$(BIN)/python -m agenttest_dev.devcluster build
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ from the pydantic models
@@ -41,7 +45,7 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 lint: $(STAMP) ## ruff, mypy --strict, and a check that crds/ is up to date
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
-	$(BIN)/mypy operator/agenttest
+	$(BIN)/mypy operator/agenttest operator/agenttest_dev
 	$(BIN)/python -m agenttest.crdgen --check crds
 
 .PHONY: test
@@ -54,11 +58,11 @@ test-unit: $(STAMP) ## Unit tests only (no I/O, seconds)
 
 .PHONY: demo
 demo: tools ## Control plane + scripted model + operator; one sample AgentTest watched to Succeeded
-	$(BIN)/python -m agenttest.demo
+	$(BIN)/python -m agenttest_dev.demo
 
 .PHONY: cluster
 cluster: tools ## Start a local control plane with the CRDs until Ctrl-C; prints the kubeconfig path
-	$(BIN)/python -m agenttest.devcluster up --crds crds --kubeconfig-link $(KUBECONFIG_LINK)
+	$(BIN)/python -m agenttest_dev.devcluster up --crds crds --kubeconfig-link $(KUBECONFIG_LINK)
 
 .PHONY: run
 run: $(STAMP) ## Run the operator against the current KUBECONFIG with the local backend enabled

@@ -25,6 +25,8 @@ WORKDIR /src
 # What `pip install .` needs (pyproject.toml names README.md as the readme);
 # .dockerignore keeps everything else out of the context.
 COPY pyproject.toml README.md ./
+# The development kit (operator/agenttest_dev) is neither in the context
+# (.dockerignore) nor in the wheel (pyproject.toml's packages include).
 COPY operator/ operator/
 RUN /opt/runner/bin/pip install "${STRANDS_REQUIREMENT}" \
     && /opt/runner/bin/pip install --no-deps . \

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agenttest import devcluster
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from support import CRDS, Kube, Operator
 

@@ -1,6 +1,6 @@
 """A node for the test control plane: `FakeKubelet` plays kube-scheduler and a kubelet.
 
-The dev cluster (agenttest.devcluster) runs the real etcd, kube-apiserver and
+The dev cluster (agenttest_dev.devcluster) runs the real etcd, kube-apiserver and
 kube-controller-manager but no scheduler and no kubelet, because this machine
 has no container runtime. `FakeKubelet` fills that gap honestly, through the
 real API server only, so that whatever creates pods (the operator's pod

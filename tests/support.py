@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agenttest import devcluster
+from agenttest_dev import devcluster
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT / "crds"

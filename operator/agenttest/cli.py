@@ -2,7 +2,6 @@
 
 agenttest run [flags]      run the operator (flags override AGENTTEST_* variables)
 agenttest crds [--check]   write or check the CRDs in crds/
-agenttest cluster up       start the local control plane (see devcluster)
 """
 
 from __future__ import annotations
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("-v", "--verbose", action="store_true")
     _add_setting_flags(run_parser)
     sub.add_parser("crds", help="generate the CRDs (python -m agenttest.crdgen)")
-    sub.add_parser("cluster", help="the local control plane (python -m agenttest.devcluster)")
     package_cli.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "package":
@@ -85,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run(args)
-    if args.command == "crds":
-        from agenttest import crdgen
+    from agenttest import crdgen
 
-        return crdgen.main(rest)
-    from agenttest import devcluster
-
-    return devcluster.main(rest)
+    return crdgen.main(rest)
 
 
 def kubectl_plugin() -> int:

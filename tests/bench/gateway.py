@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import ollama
 
-from agenttest.modelserver import ScriptedModelServer
 from agenttest.runner.gateway import ModelGateway, Upstream
+from agenttest_dev.modelserver import ScriptedModelServer
 
 # A reply of a realistic length for one turn: ~40 streamed pieces.
 REPLY = " ".join(f"word{index}" for index in range(40))

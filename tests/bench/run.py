@@ -44,11 +44,11 @@ from gateway import gateway_latency
 from kubernetes import client, config, watch
 from runner import first_case_latency
 
-from agenttest import devcluster
 from agenttest.executions import ExecutionKey
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
-from agenttest.modelserver import ScriptedModelServer
 from agenttest.runner.protocol import AGENT_PREFIX
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from fargate import AwsEnvironment, FargatePlayer
 from kubelet import FakeKubelet

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agenttest.modelserver import ScriptedModelServer
 from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest_dev.modelserver import ScriptedModelServer
 
 AGENT = """
 from strands import Agent

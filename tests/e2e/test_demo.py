@@ -9,7 +9,7 @@ import sys
 
 def run_demo(**env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agenttest.demo"],
+        [sys.executable, "-m", "agenttest_dev.demo"],
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
         capture_output=True,

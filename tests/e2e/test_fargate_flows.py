@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest.runner.protocol import MACHINE_PREFIX
+from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
 from fargate import AwsEnvironment, FargatePlayer

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
+from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
 from containershim import kill_tree

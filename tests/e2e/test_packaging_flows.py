@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from fargate import AwsEnvironment
 from support import SIMPLE_AGENT, Kube, Operator, agent_test

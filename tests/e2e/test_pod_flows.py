@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agenttest import devcluster
-from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
 from kubelet import FakeKubelet

@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from fargate import AwsEnvironment, FargatePlayer
 from support import pid_alive

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from agenttest import devcluster
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from kubelet import (
     DEADLINE_MESSAGE,

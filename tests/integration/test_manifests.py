@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agenttest import devcluster
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import ScriptedModelServer
 
 from support import (
     MANIFESTS,

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from agenttest import packaging
-from agenttest.modelserver import ScriptedModelServer
 from agenttest.packaging import PackageInput
+from agenttest_dev.modelserver import ScriptedModelServer
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (dev extras)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (dev extras)")

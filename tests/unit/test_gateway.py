@@ -32,7 +32,6 @@ from strands import Agent, tool
 from strands.models.bedrock import BedrockModel
 from strands.models.ollama import OllamaModel
 
-from agenttest.modelserver import BedrockRequest, ScriptedModelServer, encode_event
 from agenttest.runner.gateway import (
     API_CONVERSE,
     API_CONVERSE_STREAM,
@@ -43,6 +42,7 @@ from agenttest.runner.gateway import (
     ToolUse,
     Upstream,
 )
+from agenttest_dev.modelserver import BedrockRequest, ScriptedModelServer, encode_event
 
 REGION = "us-east-1"
 JUDGE_KEY, JUDGE_SECRET = "AKIDJUDGEJUDGEJUDGE", "judge-secret"

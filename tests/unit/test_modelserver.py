@@ -22,7 +22,7 @@ import pytest
 from strands import Agent, tool
 from strands.models.ollama import OllamaModel
 
-from agenttest.modelserver import (
+from agenttest_dev.modelserver import (
     DEFAULT_SCRIPT,
     ScriptedModelServer,
     choose_reply,
@@ -256,7 +256,7 @@ def test_cli_prints_one_line_serves_and_stops_on_sigterm(tmp_path: Path) -> None
     script = tmp_path / "rules.json"
     script.write_text(json.dumps([{"match": "ping", "reply": "pong"}]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "agenttest.modelserver", "--script", str(script)],
+        [sys.executable, "-m", "agenttest_dev.modelserver", "--script", str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -286,7 +286,7 @@ def test_cli_rejects_a_bad_script(tmp_path: Path) -> None:
     script = tmp_path / "rules.json"
     script.write_text("[{]")
     completed = subprocess.run(
-        [sys.executable, "-m", "agenttest.modelserver", "--script", str(script)],
+        [sys.executable, "-m", "agenttest_dev.modelserver", "--script", str(script)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from strands import Agent, tool
 from strands.models.bedrock import BedrockModel
 
-from agenttest.modelserver import (
+from agenttest_dev.modelserver import (
     EVENT_STREAM_CONTENT_TYPE,
     ScriptedModelServer,
     choose_bedrock_reply,

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from agenttest.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest.runner.config import ConfigError, parse_config
 from agenttest.runner.judge import main
 from agenttest.runner.protocol import MACHINE_PREFIX, RUN_KEY_ENV, verify_line
+from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 KEY = bytes(range(32))
 

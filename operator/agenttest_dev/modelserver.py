@@ -7,7 +7,7 @@ Bedrock Runtime (``Converse`` and ``ConverseStream``, on the same port) for boto
 (and so for strands' ``BedrockModel(endpoint_url=...)``), while answering from a fixed
 script: an ordered list of rules, each a regex searched in the last user message.
 
-Run it standalone with ``python -m agenttest.modelserver [--port 0] [--script rules.json]``
+Run it standalone with ``python -m agenttest_dev.modelserver [--port 0] [--script rules.json]``
 or embed it in tests::
 
     with ScriptedModelServer() as server:
@@ -756,7 +756,7 @@ class ScriptedModelServer:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agenttest.modelserver",
+        prog="python -m agenttest_dev.modelserver",
         description="Serve a scripted, Ollama-compatible model over HTTP.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")

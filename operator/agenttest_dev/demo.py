@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from agenttest import devcluster
-from agenttest.modelserver import ScriptedModelServer
+from agenttest_dev import devcluster
+from agenttest_dev.modelserver import ScriptedModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = {
