@@ -42,10 +42,11 @@ crds: $(STAMP) ## Regenerate crds/ from the pydantic models
 	$(BIN)/python -m agenttest.crdgen crds
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy --strict, and a check that crds/ is up to date
+lint: $(STAMP) ## ruff, mypy --strict, import contracts, and a check that crds/ is up to date
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy operator/agenttest operator/agenttest_dev
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m agenttest.crdgen --check crds
 
 .PHONY: test
