@@ -2,7 +2,7 @@
 
 It runs the genuine `etcd`, `kube-apiserver` and `kube-controller-manager`
 on loopback, on free ports, in a temporary directory, and removes all of it
-on stop. There is no kubelet: a test fixture plays the node where pods must run.
+on stop. There is no kubelet: `agenttest_dev.node` plays the node where pods must run.
 
 Binaries are looked up, in order:
   1. `KUBEBUILDER_ASSETS` (the envtest layout: etcd, kube-apiserver, kubectl),
@@ -75,20 +75,8 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
         raise ClusterError(f"command failed ({result.returncode}): {' '.join(cmd)}")
 
 
-def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
-    """Build kube-apiserver, kube-controller-manager and kubectl into the cache."""
-    go = shutil.which("go")
-    if go is None:
-        raise ClusterError(
-            "Kubernetes binaries are not cached and Go is not installed: install Go "
-            "(https://go.dev/doc/install) or set KUBEBUILDER_ASSETS to a directory "
-            "holding kube-apiserver, kube-controller-manager, kubectl and etcd."
-        )
-    target = cache_dir(version)
-    work = target / "build"
-    work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-    log(f"building Kubernetes {version} from its Go modules (first time only, takes minutes)")
+def _write_build_module(go: str, work: Path, env: dict[str, str], version: str) -> None:
+    """A go.mod requiring k8s.io/kubernetes at `version`, its staging modules replaced."""
     download = subprocess.run(
         [go, "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
         cwd=work,
@@ -107,6 +95,23 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
         "module agenttest.dev/kubernetes-build\n\ngo 1.24.0\n\n"
         f"require k8s.io/kubernetes {version}\n\nreplace (\n" + "\n".join(replaces) + "\n)\n"
     )
+
+
+def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
+    """Build kube-apiserver, kube-controller-manager and kubectl into the cache."""
+    go = shutil.which("go")
+    if go is None:
+        raise ClusterError(
+            "Kubernetes binaries are not cached and Go is not installed: install Go "
+            "(https://go.dev/doc/install) or set KUBEBUILDER_ASSETS to a directory "
+            "holding kube-apiserver, kube-controller-manager, kubectl and etcd."
+        )
+    target = cache_dir(version)
+    work = target / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
+    log(f"building Kubernetes {version} from its Go modules (first time only, takes minutes)")
+    _write_build_module(go, work, env, version)
     packages = [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_BINARIES]
     # `@version` on each package keeps `go get` from upgrading to the newest release.
     _run([go, "get", *(f"{package}@{version}" for package in packages)], work, env)

@@ -16,7 +16,7 @@ The runner (no control plane): the model gateway's added latency per call agains
 the scripted model (gateway.py), and the time from launching the runner to its
 first case (runner.py; AGENTTEST_BENCH_BASELINE compares with another checkout).
 
-Fargate (moto over HTTP, the FargatePlayer in tests/fargate.py as Fargate):
+Fargate (moto over HTTP, the FargatePlayer of agenttest_dev.fargate as Fargate):
 
 * launch overhead: create an AgentTest -> the task's createdAt (run_task), 50 tests;
 * log latency: a harness line (with its own timestamp; the player ships it to
@@ -48,10 +48,10 @@ from agenttest.executions import ExecutionKey
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
 from agenttest.runner.protocol import AGENT_PREFIX
 from agenttest_dev import devcluster
+from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import ScriptedModelServer
+from agenttest_dev.node import FakeKubelet
 
-from fargate import AwsEnvironment, FargatePlayer
-from kubelet import FakeKubelet
 from support import SIMPLE_AGENT, Operator, agent_test
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from agenttest.runner.protocol import MACHINE_PREFIX
+from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
-from fargate import AwsEnvironment, FargatePlayer
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]

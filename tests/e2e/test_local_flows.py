@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from agenttest_dev.containers import kill_tree
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
-from containershim import kill_tree
 from support import ROOT, SIMPLE_AGENT, Kube, Operator, agent_test, pid_alive
 
 StartOperator = Callable[..., Operator]

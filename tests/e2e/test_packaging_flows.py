@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from agenttest_dev.fargate import AwsEnvironment
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from fargate import AwsEnvironment
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]

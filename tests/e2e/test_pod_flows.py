@@ -18,9 +18,9 @@ import pytest
 from agenttest.runner.protocol import RUN_KEY_ENV
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
+from agenttest_dev.node import FakeKubelet
 
 import forgeries
-from kubelet import FakeKubelet
 from support import (
     MANIFESTS,
     SIMPLE_AGENT,

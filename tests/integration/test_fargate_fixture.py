@@ -16,9 +16,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from fargate import AwsEnvironment, FargatePlayer
 from support import pid_alive
 
 GREETER = "from strands import Agent\ndef agent(model):\n    return Agent(model=model)\n"

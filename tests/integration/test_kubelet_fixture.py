@@ -26,14 +26,14 @@ from kubernetes import client, config
 
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
-
-from kubelet import (
+from agenttest_dev.node import (
     DEADLINE_MESSAGE,
     IMAGE_NOT_KNOWN,
     UNSCHEDULABLE_MESSAGE,
     UNSUPPORTED,
     FakeKubelet,
 )
+
 from support import Kube, pid_alive
 
 GREETER = "from strands import Agent\ndef agent(model):\n    return Agent(model=model)\n"

@@ -12,8 +12,8 @@ import pytest
 
 from agenttest.backends.local import LocalExecutor
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
+from agenttest_dev.containers import kill_tree
 
-from containershim import kill_tree
 from support import pid_alive
 
 
