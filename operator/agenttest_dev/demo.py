@@ -24,10 +24,24 @@ from pathlib import Path
 
 import yaml
 
+from agenttest.models import FINISHED_PHASES
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def checkout_root() -> Path:
+    """The checkout the demo runs from: the nearest directory above with crds/ and manifests/.
+
+    Found rather than counted, so the dev kit can move within the checkout.
+    """
+    here = Path(__file__).resolve()
+    for directory in here.parents:
+        if (directory / "crds").is_dir() and (directory / "manifests" / "samples").is_dir():
+            return directory
+    raise RuntimeError(f"the demo needs a checkout of agenttest-operator around {here}")
+
+
+ROOT = checkout_root()
 SAMPLES = {
     "ollama": ROOT / "manifests" / "samples" / "agenttest.yaml",
     "bedrock": ROOT / "manifests" / "samples" / "agenttest-bedrock.yaml",
@@ -39,7 +53,6 @@ DEMO_AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "demo-judge-secret",
     "AGENTTEST_LOCAL_PASS_ENV": "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY",
 }
-FINISHED = {"Succeeded", "Failed", "TimedOut", "Cancelled", "Error"}
 
 
 def say(message: str) -> None:
@@ -110,7 +123,7 @@ def watch_until_finished(
     try:
         while time.monotonic() < deadline:
             test = json.loads(cluster.kubectl("get", "agenttest", name, "-o", "json").stdout)
-            if test.get("status", {}).get("phase") in FINISHED:
+            if test.get("status", {}).get("phase") in FINISHED_PHASES:
                 time.sleep(0.5)  # let the watch print the final line
                 return dict(test)
             time.sleep(0.5)
