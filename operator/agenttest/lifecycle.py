@@ -20,8 +20,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from agenttest import conditions
 from agenttest.executions import ExecutionState, Observation
 from agenttest.logtail import Progress
@@ -36,7 +34,7 @@ from agenttest.models import (
     PackageRef,
     Phase,
 )
-from agenttest.runner.protocol import EXIT_TIMED_OUT, PHASE_RUNNING
+from agenttest.runner.protocol import EXIT_TIMED_OUT, PHASE_RUNNING, ResultEvent
 
 # Fields of the spec that define what a run does; changing any of them starts
 # a new attempt. priority, cancel and ttlSecondsAfterFinished do not.
@@ -179,11 +177,13 @@ class RunnerResult:
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> RunnerResult:
+        """Raises ValueError (pydantic's ValidationError is one) for a shape it cannot use."""
+        read = ResultEvent.parse(event)
         return cls(
-            passed=event.get("passed") is True,
-            reason=str(event.get("reason") or ""),
-            summary=str(event.get("summary") or ""),
-            cases=[CaseResult.model_validate(case) for case in event.get("cases") or []],
+            passed=read.passed,
+            reason=read.reason,
+            summary=read.summary,
+            cases=[CaseResult.model_validate(case) for case in read.cases],
         )
 
 
@@ -519,7 +519,7 @@ def _ended(
         return finish(status, Phase.TIMED_OUT, observation.reason, now)
     try:
         result = RunnerResult.from_event(progress.result) if progress.result else None
-    except ValidationError as error:
+    except ValueError as error:
         return finish(status, Phase.ERROR, f"the runner's result cannot be read: {error}", now)
     phase, message = outcome(
         result,

@@ -20,6 +20,7 @@ from agenttest.runner.protocol import (
     CaseOutcome,
     Emitter,
     ForgedLine,
+    ResultEvent,
     RunResult,
     signed_line,
     verify_line,
@@ -229,3 +230,16 @@ def test_a_result_line_of_fifty_long_answers_stays_one_line_for_every_log_pipeli
     _, event = verify_line(KEY, line, 0)
     assert len(event["cases"]) == 50
     assert all(len(case["failures"]) == 5 for case in event["cases"])
+
+
+def test_the_result_event_reads_back_what_the_judge_writes_and_nothing_else() -> None:
+    written = RunResult(True, "", 1, (CaseOutcome("a", True, 0.5, "hello"),)).to_json()
+    read = ResultEvent.parse(written)
+    assert (read.passed, read.summary, read.cases[0]["name"]) == (True, "1/1 cases passed", "a")
+    for broken, field in (
+        ({**written, "passed": "yes"}, "passed"),
+        ({**written, "cases": [42]}, "cases"),
+        ({**written, "event": "phase"}, "not a result"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            ResultEvent.parse(broken)

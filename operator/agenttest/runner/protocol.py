@@ -191,6 +191,37 @@ class RunResult:
             output_limit, failure_limit = output_limit // 2, max(80, failure_limit // 2)
 
 
+@dataclass(frozen=True)
+class ResultEvent:
+    """A result event as read back from a verified line: RunResult.to_json's shape.
+
+    Parsed here, beside the code that writes it, so that the two cannot drift;
+    the operator turns each case into its API type.
+    """
+
+    passed: bool
+    reason: str
+    summary: str
+    cases: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def parse(cls, event: dict[str, Any]) -> ResultEvent:
+        """Raises ValueError, naming the field, for anything RunResult never writes."""
+        if event.get("event") != "result":
+            raise ValueError("not a result event")
+        passed, cases = event.get("passed"), event.get("cases", [])
+        if not isinstance(passed, bool):
+            raise ValueError("passed is not true or false")
+        if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+            raise ValueError("cases is not a list of objects")
+        return cls(
+            passed=passed,
+            reason=str(event.get("reason") or ""),
+            summary=str(event.get("summary") or ""),
+            cases=tuple(cases),
+        )
+
+
 def failed_setup(reason: str, total_cases: int) -> RunResult:
     """A run that never got to its cases."""
     return RunResult(passed=False, reason=reason, total_cases=total_cases)
