@@ -3,15 +3,15 @@
 One stack, environment-agnostic (no account or region is needed to synthesize):
 
 * an ECS cluster ``agenttest`` and the Fargate task definition ``agenttest-runner``
-  whose one container, ``runner``, is the harness image (``python -m
+  whose one container, ``runner``, is the runner image (``python -m
   agenttest.runner``); the operator overrides environment, CPU and memory per
   task in ``RunTask``;
 * the log group ``/agenttest/runner`` the runner writes to through the awslogs
   driver (streams ``agenttest/runner/<task-id>``), which the operator reads;
 * the execution role (pull the image, write the logs) and the task role (what
-  the agent under test may do: read its own large harness configuration from
+  the agent under test may do: read its own large runner configuration from
   the bucket, and invoke the configured Bedrock models when that is the provider);
-* the S3 bucket for deployment packages and for harness configurations too
+* the S3 bucket for deployment packages and for runner configurations too
   large for a RunTask override (``test-artifacts/configs/``, expiring in 7 days);
 * a VPC for the tasks, with either interface endpoints (no internet path at all)
   or a NAT gateway, and the runner security group;
@@ -49,12 +49,12 @@ CONTAINER_NAME = "runner"
 LOG_GROUP_NAME = "/agenttest/runner"
 # awslogs names each stream <prefix>/<container>/<task-id>.
 LOG_STREAM_PREFIX = "agenttest"
-# The harness's working directory lives under /tmp: the root filesystem is
+# The runner's working directory lives under /tmp: the root filesystem is
 # read-only, /tmp is a task-scoped scratch volume.
 SCRATCH_PATH = "/tmp"
 RUNNER_UID = "10001"
 TEST_ARTIFACTS_PREFIX = "test-artifacts/"
-# Harness configurations over 7 KiB: the operator puts them at
+# Runner configurations over 7 KiB: the operator puts them at
 # <bucket>/test-artifacts/configs/<namespace>/<name>/<execution>.json
 # (AGENTTEST_FARGATE_CONFIG_BUCKET) and the runner task gets them back from S3.
 CONFIGS_PREFIX = f"{TEST_ARTIFACTS_PREFIX}configs/"
@@ -462,7 +462,7 @@ class AgentTestInfraStack(cdk.Stack):
             subnets=[self.task_subnets],
         )
         # Image layers (ECR serves them from its regional layer bucket) and the
-        # runner's large harness configurations are the only S3 objects a
+        # runner's large runner configurations are the only S3 objects a
         # runner task needs; everything else through this endpoint is refused,
         # so agent code cannot reach arbitrary buckets.
         s3_endpoint.add_to_policy(
@@ -501,8 +501,8 @@ class AgentTestInfraStack(cdk.Stack):
             assumed_by=iam.ServicePrincipal(ecs_tasks),
             description="agenttest runner: ECS pulls the image and writes the logs",
         )
-        # Task role: the harness's and so the agent under test's credentials.
-        # Both providers read the large harness configurations the operator
+        # Task role: the judge's credentials; the agent host holds none.
+        # Both providers read the large runner configurations the operator
         # passes through S3 (configs/ only: not the packages, not the rest of
         # test-artifacts/, no listing); Bedrock adds invoke on the configured
         # foundation models. Ollama needs no other AWS access.
@@ -589,7 +589,7 @@ class AgentTestInfraStack(cdk.Stack):
             logging=ecs.LogDrivers.aws_logs(
                 stream_prefix=LOG_STREAM_PREFIX,
                 log_group=self.log_group,
-                # Blocking: the harness's last line is the machine-readable result
+                # Blocking: the judge's last line is the machine-readable result
                 # the operator parses; a non-blocking driver may drop it.
                 mode=ecs.AwsLogDriverMode.BLOCKING,
             ),
@@ -613,7 +613,7 @@ class AgentTestInfraStack(cdk.Stack):
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
             removal_policy=cdk.RemovalPolicy.RETAIN,
             lifecycle_rules=[
-                # Covers the large harness configurations under CONFIGS_PREFIX.
+                # Covers the large runner configurations under CONFIGS_PREFIX.
                 s3.LifecycleRule(
                     id="expire-test-artifacts",
                     prefix=TEST_ARTIFACTS_PREFIX,
@@ -698,7 +698,7 @@ class AgentTestInfraStack(cdk.Stack):
                 resources=[log_group, f"{log_group}:*"],
             ),
             iam.PolicyStatement(
-                # Harness configurations over 7 KiB, for the runner task to read
+                # Runner configurations over 7 KiB, for the runner task to read
                 # (AGENTTEST_FARGATE_CONFIG_BUCKET); they expire with test-artifacts/.
                 sid="WriteHarnessConfigs",
                 actions=["s3:PutObject"],
@@ -758,7 +758,7 @@ class AgentTestInfraStack(cdk.Stack):
             "PackagePrefix": (cfg.packages_prefix, "key prefix the operator may write under"),
             "ConfigBucket": (
                 self.bucket.bucket_name,
-                f"S3 bucket for harness configurations over 7 KiB (under {CONFIGS_PREFIX})",
+                f"S3 bucket for runner configurations over 7 KiB (under {CONFIGS_PREFIX})",
             ),
             "OperatorRoleArn": (
                 self.operator_role.role_arn,
