@@ -8,6 +8,7 @@ tests can then trust the fixture.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from agenttest.backends import pod
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
 from agenttest_dev.node import (
@@ -326,6 +328,36 @@ def test_follow_streams_until_the_container_exits(
             follower.kill()
             follower.wait()
     wait_pod(kube, "follower", "Succeeded", phase_is("Succeeded"))
+
+
+def test_logs_are_served_as_the_bytes_the_container_wrote(
+    cluster: devcluster.Cluster, kube: Kube, kubelet: FakeKubelet
+) -> None:
+    """A kubelet does not decode: invalid UTF-8 reaches `pods/log` as it was written."""
+    script = "import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')"
+    kube.apply(
+        pod_manifest(
+            "binary",
+            image="python:3.11-slim",
+            args=["-c", script],
+            container={"name": pod.CONTAINER},
+        )
+    )
+    wait_pod(kube, "binary", "Succeeded", phase_is("Succeeded"))
+    raw = subprocess.run(
+        [
+            *(str(cluster.binaries.kubectl), f"--kubeconfig={cluster.kubeconfig}"),
+            *("-n", kube.namespace, "logs", "binary"),
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert raw == b"ok \xff\xfe end\n"
+    # And the pod backend reads it without failing on it.
+    config.load_kube_config(str(cluster.kubeconfig))
+    executor = pod.PodExecutor("unused")
+    chunk = asyncio.run(executor.read_logs(f"{kube.namespace}/binary", None))
+    assert chunk.lines == ["ok \ufffd\ufffd end"]
 
 
 # --------------------------------------------------------------------------- stopping pods

@@ -157,13 +157,13 @@ class FakeKubelet(LogServing):
         """Every line the container wrote (stdout and stderr), without newlines."""
         run = self._run_of(namespace, name)
         with run.changed:
-            return [text for _, text in run.lines]
+            return [raw.decode(errors="replace") for _, raw in run.lines]
 
     def timestamped_output(self, namespace: str, name: str) -> list[tuple[str, str]]:
         """(RFC3339Nano timestamp, line) for every output line."""
         run = self._run_of(namespace, name)
         with run.changed:
-            return [(rfc3339nano(at), text) for at, text in run.lines]
+            return [(rfc3339nano(at), raw.decode(errors="replace")) for at, raw in run.lines]
 
     def environment(self, namespace: str, name: str) -> dict[str, str]:
         """The environment the container's process was started with."""

@@ -177,12 +177,12 @@ class LogServing(PodRuntime):
         timestamps = _truthy(query.get("timestamps"))
         follow = _truthy(query.get("follow"))
 
-        def render(entries: list[tuple[int, str]]) -> Iterator[bytes]:
-            for at, text in entries:
+        def render(entries: list[tuple[int, bytes]]) -> Iterator[bytes]:
+            for at, raw in entries:
                 if since is not None and at < since:
                     continue
-                line = f"{rfc3339nano(at)} {text}\n" if timestamps else f"{text}\n"
-                yield line.encode()
+                stamp = f"{rfc3339nano(at)} ".encode() if timestamps else b""
+                yield stamp + raw + b"\n"
 
         with run.changed:
             entries = list(run.lines)
@@ -241,8 +241,8 @@ class LogServing(PodRuntime):
         handler: _LogHandler,
         run: Run,
         writer: _LogWriter,
-        render: Callable[[list[tuple[int, str]]], Iterator[bytes]],
-        entries: list[tuple[int, str]],
+        render: Callable[[list[tuple[int, bytes]]], Iterator[bytes]],
+        entries: list[tuple[int, bytes]],
         seen: int,
     ) -> None:
         """Chunked: what there is, then each new line until the container's output ends."""

@@ -311,9 +311,10 @@ class PodRuntime(PodSpec):
         def append(raw: bytes) -> None:
             nonlocal last
             last = max(time.time_ns(), last)
-            text = raw.decode("utf-8", errors="replace").removesuffix("\n")
+            # Kept as bytes: a kubelet serves whatever the container wrote,
+            # undecoded, and so must this stand-in.
             with run.changed:
-                run.lines.append((last, text))
+                run.lines.append((last, raw.removesuffix(b"\n")))
                 run.changed.notify_all()
 
         return capture(process.stdout, append, f"fake-kubelet-log-{run.name}")

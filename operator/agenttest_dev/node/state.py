@@ -114,7 +114,7 @@ class Run:
     directory: Path
     container: str
     image: str
-    lines: list[tuple[int, str]] = field(default_factory=list)
+    lines: list[tuple[int, bytes]] = field(default_factory=list)  # as the container wrote them
     output_closed: bool = False
     started: bool = False
     start_nanos: int = 0
