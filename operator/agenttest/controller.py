@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agenttest import lifecycle, logtail, packaging, runkeys
+from agenttest import faults, lifecycle, logtail, packaging, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
-from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest
+from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
 from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.publishing import Publisher
@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 # Bounded so that one chatty execution cannot hold a step for long.
 MAX_LOG_READS_PER_STEP = 16
+# A step that raised this many times in a row for the same execution, for a
+# reason that is not the infrastructure's (`faults.transient`), ends the test
+# in Error: the same input would make it raise at every poll, holding a slot.
+STEP_ERROR_LIMIT = 3
 
 Indexed = Callable[[], Iterable[QueueEntry]]
 
@@ -45,6 +49,8 @@ class Runtime:
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
     publisher: Publisher | None = None
+    # Steps that raised in a row, per execution (see STEP_ERROR_LIMIT).
+    step_errors: dict[ExecutionKey, int] = field(default_factory=dict)
 
     @property
     def retry_policy(self) -> lifecycle.RetryPolicy:
@@ -54,8 +60,7 @@ class Runtime:
 
     def run_key(self, uid: str, status: AgentTestStatus) -> str:
         """The signing key of the test's current execution, derived, never read back."""
-        key = ExecutionKey(uid, status.attempt, status.infra_retries)
-        return runkeys.derive(self.signing_secret, key)
+        return runkeys.derive(self.signing_secret, execution_key(uid, status))
 
     def executor(self, backend: Backend) -> Executor:
         executor = self.executors.get(backend)
@@ -72,6 +77,20 @@ class Runtime:
                 "other AGENTTEST_FARGATE_* settings from the infrastructure/ outputs)"
             )
         raise BackendUnavailable(f"the {backend.value} backend is not available in this operator")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What names a test's executions when its spec is not at hand (deletion, a bad spec)."""
+
+    uid: str
+    namespace: str
+    name: str
+
+
+def execution_key(uid: str, status: AgentTestStatus) -> ExecutionKey:
+    """The identity of the test's current execution: its uid, attempt and retry."""
+    return ExecutionKey(uid, status.attempt, status.infra_retries)
 
 
 @dataclass(frozen=True)
@@ -96,17 +115,43 @@ class _Transitions:
 
 
 async def reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
+    """One step; a step that keeps raising for the same execution ends the test in Error."""
+    key = execution_key(test.uid, test.status)
+    try:
+        step = await _reconcile(rt, test, indexed)
+    except Exception as error:
+        if faults.transient(error):
+            raise  # the API server or AWS, for now: the next poll tries again
+        count = rt.step_errors[key] = rt.step_errors.get(key, 0) + 1
+        if count < STEP_ERROR_LIMIT:
+            raise
+        logger.exception("%s/%s: giving up after %d failed steps", test.namespace, test.name, count)
+        del rt.step_errors[key]
+        reason = (
+            f"the operator cannot follow this test: {faults.describe(error)} "
+            f"(the same step failed {count} times in a row)"
+        )
+        status = await _stop_and_finish(rt, test, test.status, Phase.ERROR, reason, strict=False)
+        step = Step(status, [(Phase.ERROR, reason)] if test.status.phase != Phase.ERROR else [])
+        return Step(
+            lifecycle.with_conditions(step.status, test.generation, rt.clock()), step.transitions
+        )
+    rt.step_errors.pop(key, None)
+    return step
+
+
+async def _reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
     passed = _Transitions(test.status.phase)
     begun = lifecycle.begin(test, rt.settings.default_backend)
     if begun.stop_previous:
-        await _stop(rt, test.status, "superseded by a new attempt")
+        await stop(rt, test, test.status, "superseded by a new attempt")
     for through in begun.passed:
         passed(through)
     status = passed(begun.status)
     if begun.next == Next.CANCEL:
         status = passed(
             await _stop_and_finish(
-                rt, test.uid, status, Phase.CANCELLED, "cancelled: spec.cancel is true"
+                rt, test, status, Phase.CANCELLED, "cancelled: spec.cancel is true"
             )
         )
     elif begun.next == Next.LAUNCH:
@@ -150,6 +195,9 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
     except Exception as error:
         logger.exception("launch of %s/%s failed", test.namespace, test.name)
+        # Whatever part of this execution the backend did start must not run on
+        # beside the next one: the retry launches under a new key.
+        await stop(rt, test, status, "its launch failed", strict=False)
         policy = rt.retry_policy
         return lifecycle.infra_failure(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
@@ -176,17 +224,52 @@ async def _read_all(
 
 async def _follow(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     status = test.status
-    assert status.execution is not None and status.backend is not None
+    # First and always: nothing an execution wrote, and no error reading it,
+    # may keep a test past its timeout.
+    over_time = lifecycle.timed_out(status, test.spec.timeout_seconds, rt.clock())
+    try:
+        followed = await _look(rt, test)
+    except Exception:
+        if not over_time:
+            raise
+        logger.warning("%s/%s: timed out; its last look failed", test.namespace, test.name)
+        reason = f"timed out after {test.spec.timeout_seconds}s"
+        followed = lifecycle.Followed(status, Act.STOP, Phase.TIMED_OUT, reason)
+    if followed.act == Act.STOP:
+        assert followed.stop_phase is not None
+        return await _stop_and_finish(
+            rt, test, followed.status, followed.stop_phase, followed.stop_reason
+        )
+    if followed.act == Act.DONE and followed.status.phase == Phase.QUEUED:
+        # Requeued after an infrastructure failure: what is left of this
+        # execution goes before the next one starts under a new key.
+        await stop(rt, test, status, "retried after an infrastructure failure", strict=False)
+    return followed.status
+
+
+async def _look(rt: Runtime, test: AgentTest) -> lifecycle.Followed:
+    """Observe the test's execution, read its output, and let `lifecycle.follow` decide."""
+    status = test.status
+    assert status.backend is not None
     executor = rt.executor(status.backend)
-    execution_id = status.execution.id
-    # Observe before reading: an execution seen exited has all its output written.
-    observation = await executor.observe(execution_id)
-    if observation.state == ExecutionState.STARTING:
-        # Not started yet (provisioning, pulling, scheduling): no output to read,
-        # and log reads are rationed (CloudWatch Logs is rate-limited).
-        progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
+    execution_id = await executor.locate(test.namespace, execution_key(test.uid, status))
+    if execution_id is None:
+        observation = Observation(
+            ExecutionState.MISSING,
+            reason="the backend has no execution for this attempt",
+            infra_failure=True,
+        )
+        progress = logtail.Progress("")
     else:
-        progress = await _read_all(rt, executor, execution_id, rt.run_key(test.uid, status))
+        # Observe before reading: an execution seen exited has all its output written.
+        observation = await executor.observe(execution_id)
+        if observation.state == ExecutionState.STARTING:
+            # Not started yet (provisioning, pulling, scheduling): no output to
+            # read, and log reads are rationed (CloudWatch Logs is rate-limited).
+            progress = rt.progress.get(execution_id) or logtail.Progress(execution_id)
+        else:
+            run_key = rt.run_key(test.uid, status)
+            progress = await _read_all(rt, executor, execution_id, run_key)
 
     followed = lifecycle.follow(
         status,
@@ -197,56 +280,125 @@ async def _follow(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         executor.log_grace_seconds,
         rt.retry_policy,
     )
-    if followed.act == Act.AWAIT_LOGS:
+    if execution_id is not None and followed.act == Act.AWAIT_LOGS:
         rt.progress[execution_id] = replace(progress, exited_at=followed.exited_at)
-    elif followed.act == Act.DONE:
+    elif execution_id is not None and followed.act == Act.DONE:
         rt.progress.pop(execution_id, None)
-    elif followed.act == Act.STOP:
-        assert followed.stop_phase is not None
-        return await _stop_and_finish(
-            rt, test.uid, followed.status, followed.stop_phase, followed.stop_reason
-        )
-    return followed.status
+    return followed
 
 
-def _execution(rt: Runtime, status: AgentTestStatus) -> tuple[Executor, str] | None:
-    """The executor and id of the test's execution, if it has one we can reach."""
-    if status.execution is None or status.backend is None or not status.execution.id:
+async def _locate(
+    rt: Runtime, test: AgentTest | Owner, status: AgentTestStatus
+) -> tuple[Executor, str] | None:
+    """The executor and id of the execution `status` names, derived from the test.
+
+    From the test's uid and namespace (which nobody can edit) and the attempt
+    and retry: never `status.execution.id`, which whoever may write status
+    could point at another namespace's objects.
+    """
+    if status.backend is None or status.attempt == 0:
         return None
     try:
-        return rt.executor(status.backend), status.execution.id
+        executor = rt.executor(status.backend)
     except BackendUnavailable:
         return None
+    execution_id = await executor.locate(test.namespace, execution_key(test.uid, status))
+    return None if execution_id is None else (executor, execution_id)
 
 
-async def _stop(rt: Runtime, status: AgentTestStatus, reason: str) -> None:
-    found = _execution(rt, status)
-    if found is not None:
-        await found[0].stop(found[1], reason)
+async def stop(
+    rt: Runtime, test: AgentTest | Owner, status: AgentTestStatus, reason: str, strict: bool = True
+) -> None:
+    """Stop the execution `status` names; `strict=False` logs a failure instead of raising."""
+    try:
+        found = await _locate(rt, test, status)
+        if found is not None:
+            await found[0].stop(found[1], reason)
+            rt.progress.pop(found[1], None)
+    except Exception:
+        if strict:
+            raise
+        logger.warning(
+            "%s/%s: could not stop its execution (%s); the backend's own deadline and the "
+            "sweeper remain",
+            test.namespace,
+            test.name,
+            reason,
+            exc_info=True,
+        )
 
 
 async def _stop_and_finish(
-    rt: Runtime, uid: str, status: AgentTestStatus, phase: Phase, message: str
+    rt: Runtime,
+    test: AgentTest,
+    status: AgentTestStatus,
+    phase: Phase,
+    message: str,
+    strict: bool = True,
 ) -> AgentTestStatus:
     """Stop the execution if there is one, keep its last output, end in `phase`."""
     tail = ""
-    found = _execution(rt, status)
+    found = await _locate(rt, test, status) if strict else None
     if found is not None:
         executor, execution_id = found
         await executor.stop(execution_id, message)
-        progress = await _read_all(rt, executor, execution_id, rt.run_key(uid, status))
+        try:
+            progress = await _read_all(rt, executor, execution_id, rt.run_key(test.uid, status))
+            tail = progress.tail
+        except Exception:
+            # The last lines are a courtesy; the stop is what matters.
+            logger.warning("could not read the last output of %s", execution_id, exc_info=True)
         rt.progress.pop(execution_id, None)
-        tail = progress.tail
+    elif not strict:
+        await stop(rt, test, status, message, strict=False)
     return lifecycle.stopped(status, phase, message, tail, rt.clock())
 
 
-async def delete(rt: Runtime, status: AgentTestStatus) -> None:
+async def delete(rt: Runtime, namespace: str, uid: str, status: AgentTestStatus) -> None:
     """The test is being deleted: stop its execution and remove what it left."""
-    found = _execution(rt, status)
+    found = await _locate(rt, Owner(uid, namespace, ""), status)
     if found is not None:
         executor, execution_id = found
         await executor.cleanup(execution_id)
         rt.progress.pop(execution_id, None)
+    for key in [key for key in rt.step_errors if key.uid == uid]:
+        del rt.step_errors[key]
+
+
+OwnerUid = Callable[[str, str], Awaitable[str | None]]
+
+
+async def sweep(rt: Runtime, owner_uid: OwnerUid) -> list[str]:
+    """Stop and remove executions whose AgentTest is gone; return their ids.
+
+    The finalizer normally does this; the sweeper catches what it cannot: a
+    test deleted while the operator was down after someone removed the
+    finalizer, or a test recreated under the same name (another uid).
+    `owner_uid(namespace, name)` answers the uid of the AgentTest there now.
+    """
+    swept = []
+    watched = rt.settings.namespaces
+    for executor in rt.executors.values():
+        for execution in await executor.launched():
+            if watched and execution.namespace not in watched:
+                continue  # another operator's (a shared ECS cluster)
+            try:
+                if await owner_uid(execution.namespace, execution.test_name) == execution.uid:
+                    continue
+            except Exception:
+                logger.warning("cannot tell whether %s is orphaned", execution, exc_info=True)
+                continue
+            logger.warning(
+                "sweeping %s: its AgentTest %s/%s (uid %s) is gone",
+                execution.execution_id,
+                execution.namespace,
+                execution.test_name,
+                execution.uid,
+            )
+            await executor.cleanup(execution.execution_id)
+            rt.progress.pop(execution.execution_id, None)
+            swept.append(execution.execution_id)
+    return swept
 
 
 async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:

@@ -39,6 +39,16 @@ class LaunchRequest:
     memory: str = "2Gi"
 
 
+@dataclass(frozen=True)
+class Launched:
+    """An execution a backend holds, with the AgentTest it was launched for (the sweeper's view)."""
+
+    execution_id: str
+    namespace: str
+    test_name: str
+    uid: str
+
+
 class ExecutionState(enum.Enum):
     STARTING = "starting"  # accepted, not yet running (provisioning, scheduling)
     RUNNING = "running"

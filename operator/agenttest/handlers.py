@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from typing import Any
@@ -20,11 +21,12 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, kubeapi, lifecycle, metrics, wiring
+from agenttest import controller, kubeapi, lifecycle, metrics, redaction, wiring
 from agenttest import settings as settings_module
 from agenttest.models import (
     AGENTTEST_PLURAL,
     GROUP,
+    MAX_TTL_SECONDS,
     RETRY_ANNOTATION,
     VERSION,
     AgentTest,
@@ -101,12 +103,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     rt = memo["runtime"] = await wiring.runtime(config)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    memo["sweeper"] = asyncio.create_task(_sweep_forever(rt, config.sweep_interval))
     logger.info(
         "agenttest operator ready: max %d running, default backend %s, backends: %s",
         config.max_running,
         config.default_backend.value,
         ", ".join(sorted(b.value for b in rt.executors)) or "none",
     )
+
+
+async def _sweep_forever(rt: controller.Runtime, interval: float) -> None:
+    while True:
+        try:
+            await controller.sweep(rt, kubeapi.agenttest_uid)
+        except Exception:
+            logger.warning("sweeping for orphaned executions failed", exc_info=True)
+        await asyncio.sleep(interval)
+
+
+@kopf.on.cleanup()
+async def stop_sweeping(memo: kopf.Memo, **_: Any) -> None:
+    sweeper = memo.get("sweeper")
+    if isinstance(sweeper, asyncio.Task):
+        sweeper.cancel()
 
 
 @kopf.index(GROUP, VERSION, AGENTTEST_PLURAL)
@@ -136,27 +155,59 @@ def _entries(index: kopf.Index[str, QueueEntry]) -> list[QueueEntry]:
     VERSION,
     AGENTTEST_PLURAL,
     interval=settings_module.active().poll_interval,
+    # A failed step is tried again at the next poll, not after kopf's default
+    # minute: the controller counts failures per execution (STEP_ERROR_LIMIT).
+    backoff=settings_module.active().poll_interval,
     when=needs_driving,
 )
 async def drive(
     body: kopf.Body, memo: kopf.Memo, queue_index: kopf.Index[str, QueueEntry], **_: Any
 ) -> None:
     rt: controller.Runtime = memo["runtime"]
-    old = _status(body, memo)
+    meta = body.metadata
+    generation = int(meta.get("generation") or 1)
+    try:
+        old = _status(body, memo)
+    except ValidationError as error:
+        # Someone wrote a status this operator cannot read: say so once, keep nothing of it.
+        old = AgentTestStatus()
+        new = lifecycle.unreadable(old, "status", _brief(error), generation, rt.clock())
+        await _end(body, memo, old, new)
+        return
     try:
         test = AgentTest.from_body(body, old)
     except ValidationError as error:
-        new = lifecycle.finish(old, Phase.ERROR, f"invalid spec: {error}", rt.clock())
-        await write_status(body, memo, old, new)
-        _post_events(body, old, new, [(Phase.ERROR, new.message or "")])
+        owner = controller.Owner(str(meta.uid), str(meta.namespace), str(meta.name))
+        await controller.stop(rt, owner, old, "its spec cannot be read")
+        new = lifecycle.unreadable(old, "spec", _brief(error), generation, rt.clock())
+        await _end(body, memo, old, new)
         return
     step = await controller.reconcile(rt, test, lambda: _entries(queue_index))
-    await write_status(body, memo, old, step.status)
-    if lifecycle.needs_package(step.status, test.spec.package.enabled):
+    written = await write_status(body, memo, old, step.status)
+    if written.phase == Phase.ERROR and step.status.phase != Phase.ERROR:
+        # The status was refused for its size and replaced by an Error.
+        await controller.stop(rt, test, written, "its status could not be written", strict=False)
+    elif lifecycle.needs_package(written, test.spec.package.enabled):
         # After the Succeeded write, so the test shows its result first.
-        packaged = await controller.package(rt, test.with_status(step.status))
-        await write_status(body, memo, step.status, packaged)
-    _post_events(body, old, step.status, step.transitions)
+        packaged = await controller.package(rt, test.with_status(written))
+        await write_status(body, memo, written, packaged)
+    _post_events(body, old, written, step.transitions)
+
+
+def _brief(error: ValidationError) -> str:
+    """pydantic's message without its documentation links, which say nothing to a user."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
+async def _end(
+    body: kopf.Body, memo: kopf.Memo, old: AgentTestStatus, new: AgentTestStatus
+) -> None:
+    written = await write_status(body, memo, old, new)
+    if written.phase != old.phase or written.message != old.message:
+        _post_events(body, old, written, [(Phase.ERROR, written.message or "")])
 
 
 def _post_events(
@@ -174,27 +225,39 @@ def _post_events(
     for phase, message in transitions:
         failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
         kind = "Warning" if failed else "Normal"
-        kopf.event(body, type=kind, reason=phase.value, message=message)
+        shown = redaction.shown(message, redaction.EVENT_BYTES)
+        kopf.event(body, type=kind, reason=phase.value, message=shown)
 
 
 async def write_status(
     body: kopf.Body, memo: kopf.Memo, old: AgentTestStatus, new: AgentTestStatus
-) -> None:
-    """Patch only what changed; remember it, since the body lags our own writes."""
+) -> AgentTestStatus:
+    """Patch only what changed; remember it, since the body lags our own writes.
+
+    Returns the status as written: cleaned and bounded (`redaction`), or, if
+    the API server refused it for its size anyway, a minimal Error status.
+    """
+    rt: controller.Runtime = memo["runtime"]
+    new = redaction.status(new, rt.settings.log_tail_bytes)
+    meta = body.metadata
     changes = kubeapi.merge_patch(old.wire(), new.wire())
     if not changes:
-        return
-    meta = body.metadata
+        return new
     try:
         await kubeapi.patch_agenttest_status(str(meta.namespace), str(meta.name), changes)
     except kubeapi.Gone:
-        return  # deleted meanwhile; the finalizer handler cleans up
+        return new  # deleted meanwhile; the finalizer handler cleans up
+    except kubeapi.TooLarge:
+        logger.error("%s/%s: status refused for its size", meta.namespace, meta.name)
+        new = lifecycle.too_large(new, rt.clock())
+        changes = kubeapi.merge_patch(old.wire(), new.wire())
+        await kubeapi.patch_agenttest_status(str(meta.namespace), str(meta.name), changes)
     memo["written_status"] = new
-    rt: controller.Runtime = memo["runtime"]
     rt.scheduler.record(str(meta.uid), new)
     metrics.STATUS_WRITES.inc()
     if new.phase != old.phase:
         metrics.record_transition(old, new)
+    return new
 
 
 @kopf.daemon(GROUP, VERSION, AGENTTEST_PLURAL, when=is_finished, cancellation_timeout=5)
@@ -209,7 +272,7 @@ async def expire(
     """Delete the test once ttlSecondsAfterFinished has passed since it finished."""
     rt: controller.Runtime = memo["runtime"]
     finished = lifecycle.finished_at(_status(body, memo)) or rt.clock()
-    ttl = int(spec.get("ttlSecondsAfterFinished", 604800))
+    ttl = min(int(spec.get("ttlSecondsAfterFinished", 604800)), MAX_TTL_SECONDS)
     remaining = (finished + datetime.timedelta(seconds=ttl) - rt.clock()).total_seconds()
     if remaining > 0 and await stopped.wait(remaining):
         return
@@ -220,5 +283,9 @@ async def expire(
 @kopf.on.delete(GROUP, VERSION, AGENTTEST_PLURAL, retries=10, backoff=2)
 async def stop_on_delete(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     rt: controller.Runtime = memo["runtime"]
-    await controller.delete(rt, _status(body, memo))
+    try:
+        status = _status(body, memo)
+    except ValidationError:
+        status = AgentTestStatus()  # an unreadable status names no execution to clean up
+    await controller.delete(rt, str(meta.namespace), str(meta.uid), status)
     rt.scheduler.forget(str(meta.uid))

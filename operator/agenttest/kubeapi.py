@@ -34,6 +34,17 @@ class Conflict(Exception):
     """The object already exists (409)."""
 
 
+class TooLarge(Exception):
+    """The API server or etcd refused the request for its size (413, or etcd's limit)."""
+
+
+def _too_large(status: int | None, body: str) -> bool:
+    text = body.lower()
+    return status == 413 or (
+        status in (422, 500) and ("too large" in text or "exceeds the maximum" in text)
+    )
+
+
 def load_config() -> None:
     """In a pod, the ServiceAccount; elsewhere, the kubeconfig (KUBECONFIG)."""
     from kubernetes import client, config
@@ -57,6 +68,8 @@ async def call(function: Callable[..., T], *args: Any) -> T:
         except ApiException as error:
             if error.status == 404:
                 raise Gone(str(error.reason)) from error
+            if _too_large(error.status, f"{error.reason} {error.body}"):
+                raise TooLarge(str(error.reason)) from error
             raise
 
     return await asyncio.get_running_loop().run_in_executor(_pool, invoke)
@@ -108,6 +121,18 @@ async def delete_agenttest(namespace: str, name: str) -> None:
         await call(
             api.delete_namespaced_custom_object, GROUP, VERSION, namespace, AGENTTEST_PLURAL, name
         )
+
+
+async def agenttest_uid(namespace: str, name: str) -> str | None:
+    """The uid of the AgentTest namespace/name, or None when there is none."""
+    api = _custom_objects()
+    try:
+        found = await call(
+            api.get_namespaced_custom_object, GROUP, VERSION, namespace, AGENTTEST_PLURAL, name
+        )
+    except Gone:
+        return None
+    return str(found["metadata"]["uid"])
 
 
 async def read_config_map(namespace: str, name: str) -> dict[str, str]:

@@ -46,9 +46,13 @@ def timestamp(now: datetime.datetime) -> str:
 
 
 def parse_timestamp(value: str | None) -> datetime.datetime | None:
+    """A timestamp from status; None when absent or not a time (status is writable by others)."""
     if not value:
         return None
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def run_fingerprint(spec: AgentTestSpec) -> str:
@@ -157,7 +161,11 @@ def progressed(status: AgentTestStatus, runner_phase: Phase | None) -> AgentTest
 
 
 def timed_out(status: AgentTestStatus, timeout_seconds: int, now: datetime.datetime) -> bool:
-    started = parse_timestamp(status.execution.started_at if status.execution else None)
+    """Raises ValueError when the start time cannot be read: a test must not escape its timeout."""
+    value = status.execution.started_at if status.execution else None
+    started = parse_timestamp(value)
+    if value and started is None:
+        raise ValueError(f"status.execution.startedAt {value!r} is not a time")
     return started is not None and (now - started).total_seconds() > timeout_seconds
 
 
@@ -268,6 +276,36 @@ def finish(
     else:
         update["summary"] = f"{phase.value}: {message}"
     return status.model_copy(update=update)
+
+
+def unreadable(
+    status: AgentTestStatus, what: str, error: str, generation: int, now: datetime.datetime
+) -> AgentTestStatus:
+    """A spec or status the operator cannot parse: Error, said once.
+
+    The generation is recorded as observed, so the test is not stepped again
+    (and the Error not said again) until someone changes it.
+    """
+    ended = finish(status, Phase.ERROR, f"invalid {what}: {error}", now)
+    return ended.model_copy(update={"observed_generation": generation})
+
+
+def too_large(status: AgentTestStatus, now: datetime.datetime) -> AgentTestStatus:
+    """What is written instead of a status the API server refused for its size."""
+    kept = AgentTestStatus(
+        attempt=status.attempt,
+        backend=status.backend,
+        execution=status.execution,
+        infra_retries=status.infra_retries,
+        observed_generation=status.observed_generation,
+        observed_retry=status.observed_retry,
+        spec_hash=status.spec_hash,
+        conditions=status.conditions,
+    )
+    message = "the status was too large for the API server to store; its results were dropped"
+    return with_conditions(
+        finish(kept, Phase.ERROR, message, now), status.observed_generation or 0, now
+    )
 
 
 def infra_failure(

@@ -11,31 +11,16 @@ counted as forged and otherwise ignored.
 from __future__ import annotations
 
 import datetime
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from agenttest import redaction
 from agenttest.runner.protocol import MACHINE_PREFIX, ForgedLine, verify_line
-
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_SECRETS = [
-    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(
-        r"(?i)\b(aws_secret_access_key|aws_session_token|api[_-]?key|secret|password|token)"
-        r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
-    ),
-    re.compile(r"(?i)\b(authorization:\s*bearer\s+)\S+"),
-]
-REDACTED = "[REDACTED]"
 
 
 def clean_line(line: str) -> str:
-    """One log line as it may be shown: no escapes, no control bytes, no secrets."""
-    line = _CONTROL.sub("", _ANSI.sub("", line.rstrip("\r\n")))
-    line = _SECRETS[0].sub(REDACTED, line)
-    line = _SECRETS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", line)
-    return _SECRETS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", line)
+    """One log line as it may be shown: no escapes, no control bytes, no secrets, bounded."""
+    return redaction.shown(line.rstrip("\r\n"), redaction.LOG_LINE_BYTES)
 
 
 def is_machine_line(line: str) -> bool:
@@ -53,13 +38,7 @@ def append(tail: str, lines: list[str], limit: int = 8192) -> str:
 
 def bound(text: str, limit: int) -> str:
     """Drop the oldest lines until the UTF-8 size fits; cut one overlong line."""
-    data = text.encode()
-    if len(data) <= limit:
-        return text
-    kept = data[-limit:].decode(errors="ignore")
-    newline = kept.find("\n")
-    # Keep whole lines where there is more than one; a single huge line is cut.
-    return kept[newline + 1 :] if 0 <= newline < len(kept) - 1 else kept
+    return redaction.newest(text, limit)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ PACKAGE_PLURAL = "deploymentpackages"
 MAX_INLINE_SOURCE = 256 * 1024
 MAX_CASES = 50
 MAX_TIMEOUT_SECONDS = 600
+# A year: the expiry daemon sleeps this long at most (an unbounded integer
+# overflows the event loop's timer), and nobody keeps a finished test longer.
+MAX_TTL_SECONDS = 365 * 24 * 3600
 
 
 def cel(
@@ -274,7 +277,9 @@ class AgentTestSpec(ApiModel):
     ttl_seconds_after_finished: int = Field(
         default=604800,
         ge=0,
-        description="Delete the finished test after this many seconds (default 7 days).",
+        le=MAX_TTL_SECONDS,
+        description="Delete the finished test after this many seconds (default 7 days, "
+        "at most 365 days).",
     )
 
 

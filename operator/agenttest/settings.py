@@ -41,6 +41,8 @@ class Settings:
     # per attempt before the test ends in Error, and the first backoff.
     infra_max_retries: int = 3
     infra_backoff_seconds: float = 5.0
+    # Seconds between two sweeps for executions whose AgentTest is gone.
+    sweep_interval: float = 60.0
     # Seconds a stopped execution gets between SIGTERM and SIGKILL.
     stop_grace_seconds: float = 5.0
     # Where the local backend keeps its per-execution records.

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import pytest
 
 from agenttest import controller
-from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.executions import (
+    ExecutionKey,
+    ExecutionState,
+    Launched,
+    LaunchRequest,
+    LogChunk,
+    Observation,
+)
 from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.runner.protocol import signed_line
 from agenttest.scheduling import QueueEntry, Scheduler
@@ -24,15 +33,18 @@ class FakeExecutor:
 
     kind: Backend = Backend.LOCAL
     log_grace_seconds: float = 0.0
-    launched: list[LaunchRequest] = field(default_factory=list)
+    requests: list[LaunchRequest] = field(default_factory=list)
     states: dict[str, Observation] = field(default_factory=dict)
     lines: dict[str, list[str]] = field(default_factory=dict)
     stopped: list[str] = field(default_factory=list)
 
     async def launch(self, request: LaunchRequest) -> str:
-        self.launched.append(request)
+        self.requests.append(request)
         self.states[request.key.name] = Observation(ExecutionState.RUNNING)
         return request.key.name
+
+    async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
+        return key.name if key.name in self.states else None
 
     async def observe(self, execution_id: str) -> Observation:
         return self.states[execution_id]
@@ -48,6 +60,12 @@ class FakeExecutor:
 
     async def cleanup(self, execution_id: str) -> None:
         await self.stop(execution_id, "cleanup")
+
+    async def launched(self) -> list[Launched]:
+        return await self.launched_executions()
+
+    async def launched_executions(self) -> list[Launched]:
+        return []
 
 
 class Clock:
@@ -98,7 +116,7 @@ def test_a_slot_is_claimed_through_the_scheduler_and_the_next_test_waits() -> No
     assert [phase for phase, _ in one.transitions] == [Phase.PENDING, Phase.QUEUED, Phase.BUILDING]
     # The index still says both are waiting; the claimed slot counts all the same.
     assert (two.status.phase, two.status.queue_position) == (Phase.QUEUED, 1)
-    [request] = executor.launched
+    [request] = executor.requests
     assert request.key.uid == "a" and len(request.run_key) == 64
 
 
@@ -106,7 +124,7 @@ def test_the_executions_signed_result_ends_it_and_a_forged_one_does_not() -> Non
     rt, executor, clock = runtime()
     test = agent_test("a")
     status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
-    [request] = executor.launched
+    [request] = executor.requests
     key = bytes.fromhex(request.run_key)
     execution = request.key.name
     forged = signed_line(b"guess", 1, {"event": "result", "passed": True, "cases": []})
@@ -119,7 +137,7 @@ def test_the_executions_signed_result_ends_it_and_a_forged_one_does_not() -> Non
 
     rt, executor, clock = runtime()
     status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
-    [request] = executor.launched
+    [request] = executor.requests
     passed = {"event": "result", "passed": True, "summary": "1/1 cases passed",
               "cases": [{"name": "a", "passed": True}]}  # fmt: skip
     executor.lines[request.key.name] = [signed_line(bytes.fromhex(request.run_key), 1, passed)]
@@ -132,7 +150,7 @@ def test_the_executions_signed_result_ends_it_and_a_forged_one_does_not() -> Non
 def test_a_timeout_stops_the_execution_and_keeps_its_last_output() -> None:
     rt, executor, clock = runtime()
     status = asyncio.run(controller.reconcile(rt, agent_test("a"), alone(agent_test("a")))).status
-    [request] = executor.launched
+    [request] = executor.requests
     executor.lines[request.key.name] = ["[agenttest] still thinking"]
     clock.now += datetime.timedelta(seconds=301)
     ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
@@ -147,7 +165,7 @@ def test_cancel_stops_the_execution() -> None:
     cancelled = agent_test("a", status, cancel=True)
     ended = asyncio.run(controller.reconcile(rt, cancelled, lambda: []))
     assert ended.status.phase == Phase.CANCELLED
-    assert executor.stopped == [executor.launched[0].key.name]
+    assert executor.stopped == [executor.requests[0].key.name]
 
 
 def test_the_scheduler_overlays_what_was_written_on_the_lagging_index() -> None:
@@ -160,3 +178,99 @@ def test_the_scheduler_overlays_what_was_written_on_the_lagging_index() -> None:
     assert scheduler.plan(lambda: [waiting], T0 + datetime.timedelta(seconds=1)).positions == {
         "a": 1
     }
+
+
+def failing_reads(executor: FakeExecutor, error: Exception) -> None:
+    async def read_logs(execution_id: str, cursor: str | None) -> LogChunk:
+        raise error
+
+    executor.read_logs = read_logs  # type: ignore[method-assign]
+
+
+def first_step(rt: controller.Runtime) -> AgentTestStatus:
+    return asyncio.run(controller.reconcile(rt, agent_test("a"), alone(agent_test("a")))).status
+
+
+def test_a_step_that_keeps_failing_for_one_execution_ends_the_test_in_error() -> None:
+    rt, executor, _clock = runtime()
+    status = first_step(rt)
+    failing_reads(executor, ValueError("cases.0: Input should be a valid dictionary"))
+    for _ in range(controller.STEP_ERROR_LIMIT - 1):
+        with pytest.raises(ValueError):
+            asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert ended.status.phase == Phase.ERROR
+    assert "Input should be a valid dictionary" in (ended.status.message or "")
+    assert ended.transitions == [(Phase.ERROR, ended.status.message)]
+    assert executor.stopped == [executor.requests[0].key.name]
+
+
+def test_the_infrastructure_failing_for_now_never_ends_a_test() -> None:
+    rt, executor, _clock = runtime()
+    status = first_step(rt)
+    unavailable = ConnectionRefusedError("the API server is down")
+    failing_reads(executor, unavailable)
+    for _ in range(3 * controller.STEP_ERROR_LIMIT):
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert executor.stopped == []
+
+
+def test_the_timeout_holds_even_when_reading_the_execution_fails() -> None:
+    rt, executor, clock = runtime()
+    status = first_step(rt)
+    failing_reads(executor, ValueError("undecodable"))
+    clock.now += datetime.timedelta(seconds=301)
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: []))
+    assert ended.status.phase == Phase.TIMED_OUT
+    assert executor.stopped == [executor.requests[0].key.name]
+
+
+def test_stop_acts_on_the_derived_execution_never_on_the_id_in_status() -> None:
+    rt, executor, clock = runtime()
+    status = first_step(rt)
+    assert status.execution is not None
+    edited = status.model_copy(
+        update={"execution": status.execution.model_copy(update={"id": "kube-system/aws-auth"})}
+    )
+    executor.states["kube-system/aws-auth"] = Observation(ExecutionState.RUNNING)
+    clock.now += datetime.timedelta(seconds=301)
+    ended = asyncio.run(controller.reconcile(rt, agent_test("a", edited), lambda: []))
+    assert ended.status.phase == Phase.TIMED_OUT
+    assert executor.stopped == [executor.requests[0].key.name]
+
+
+def test_an_infrastructure_retry_stops_what_is_left_of_the_previous_execution() -> None:
+    rt, executor, _clock = runtime()
+    status = first_step(rt)
+    first = executor.requests[0].key.name
+    executor.states[first] = Observation(
+        ExecutionState.MISSING, reason="node lost", infra_failure=True
+    )
+    requeued = asyncio.run(controller.reconcile(rt, agent_test("a", status), lambda: [])).status
+    assert (requeued.phase, requeued.infra_retries) == (Phase.QUEUED, 1)
+    assert executor.stopped == [first]
+
+
+def test_the_sweeper_removes_executions_whose_test_is_gone_and_keeps_the_rest() -> None:
+    rt, executor, _ = runtime()
+    first_step(rt)
+    mine = executor.requests[0]
+    others = {("ns", "t-a"): "a"}  # the test that launched it, still there under its uid
+
+    async def launched_executions() -> list[Launched]:
+        return [
+            Launched(mine.key.name, "ns", "t-a", "a"),
+            Launched("at-gone", "ns", "t-gone", "gone"),
+            Launched("at-renamed", "ns", "t-a", "an-older-uid"),
+            Launched("at-elsewhere", "other-ns", "x", "x"),
+        ]
+
+    async def owner_uid(namespace: str, name: str) -> str | None:
+        return others.get((namespace, name))
+
+    executor.launched_executions = launched_executions  # type: ignore[attr-defined]
+    rt = replace(rt, settings=replace(rt.settings, namespaces=("ns",)))
+    swept = asyncio.run(controller.sweep(rt, owner_uid))
+    assert swept == ["at-gone", "at-renamed"]
+    assert executor.stopped == ["at-gone", "at-renamed"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agenttest.executions import LaunchRequest, LogChunk, Observation
+from agenttest.executions import ExecutionKey, Launched, LaunchRequest, LogChunk, Observation
 from agenttest.models import Backend
 
 
@@ -30,6 +30,15 @@ class Executor(Protocol):
         """Start the execution (or find the one already started); return its id."""
         ...
 
+    async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
+        """The id of the execution `key` launched for a test in `namespace`, or None.
+
+        Derived from the key and the test's own namespace (never from
+        `status.execution.id`, which whoever may write status could point at
+        anything): every stop, log read and cleanup acts on what this returns.
+        """
+        ...
+
     async def observe(self, execution_id: str) -> Observation: ...
 
     async def read_logs(self, execution_id: str, cursor: str | None) -> LogChunk:
@@ -42,4 +51,12 @@ class Executor(Protocol):
 
     async def cleanup(self, execution_id: str) -> None:
         """Remove whatever the execution left behind."""
+        ...
+
+    async def launched(self) -> list[Launched]:
+        """Every execution this backend still runs, for the sweeper (`controller.sweep`).
+
+        A backend whose executions the API server's garbage collector removes
+        with their AgentTest (owner references) may answer an empty list.
+        """
         ...

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agenttest.backends.base import LaunchRefused
-from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.executions import (
+    ExecutionKey,
+    ExecutionState,
+    Launched,
+    LaunchRequest,
+    LogChunk,
+    Observation,
+)
 from agenttest.models import Backend
 from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings
@@ -51,6 +58,9 @@ INFRA_REASONS = re.compile(
     re.IGNORECASE,
 )
 MAX_LOG_BACKOFF = 5.0
+# The tags naming a task's AgentTest (set by run_task_arguments; read by the sweeper).
+OWNER_TAGS_ORDER = ("agenttest.dev/namespace", "agenttest.dev/name", "agenttest.dev/uid")
+OWNER_TAGS = frozenset(OWNER_TAGS_ORDER)
 THROTTLED = {
     "ThrottlingException",
     "Throttling",
@@ -176,9 +186,14 @@ def run_task_arguments(
             ],
         },
         "tags": [
-            {"key": "agenttest.dev/namespace", "value": request.namespace},
-            {"key": "agenttest.dev/name", "value": request.test_name},
-            {"key": "agenttest.dev/uid", "value": request.key.uid},
+            *(
+                {"key": key, "value": value}
+                for key, value in zip(
+                    OWNER_TAGS_ORDER,
+                    (request.namespace, request.test_name, request.key.uid),
+                    strict=True,
+                )
+            ),
             {"key": "agenttest.dev/attempt", "value": str(request.key.attempt)},
         ],
         **placement,
@@ -202,6 +217,9 @@ class FargateExecutor:
         # task ARN -> monotonic time before which its logs are not read again
         self._log_not_before: dict[str, float] = {}
         self._log_backoff: dict[str, float] = {}
+        # startedBy (the ExecutionKey's name) -> the task ARN it launched; filled
+        # by launch and by lookups, so a step costs no ListTasks call.
+        self._tasks: dict[str, str] = {}
 
     # Seconds to keep reading logs after the task stopped without a result
     # line: CloudWatch Logs delivers the last lines a little later.
@@ -261,12 +279,23 @@ class FargateExecutor:
         )
         return {CONFIG_S3_ENV: f"s3://{self.config.config_bucket}/{key}"}
 
+    async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
+        # The task ARN cannot be derived, only looked up by what we derived:
+        # the startedBy of a task is the key's name, and the cluster is ours.
+        known = self._tasks.get(key.name)
+        if known is None:
+            known = await self._find(key.name)
+            if known is not None:
+                self._tasks[key.name] = known
+        return known
+
     async def launch(self, request: LaunchRequest) -> str:
         fargate_size(request.cpu, request.memory)  # refuse an impossible size before anything
         started_by = request.key.name
         existing = await self._find(started_by)
         if existing:
             logger.info("adopting task %s for %s", existing, started_by)
+            self._tasks[started_by] = existing
             return existing
         environment = await self._config_environment(request)
         reasons = []
@@ -274,7 +303,9 @@ class FargateExecutor:
             arguments = run_task_arguments(self.config, request, environment, capacity)
             answer = await self._call("ecs", "run_task", **arguments)
             if answer.get("tasks"):
-                return str(answer["tasks"][0]["taskArn"])
+                arn = str(answer["tasks"][0]["taskArn"])
+                self._tasks[started_by] = arn
+                return arn
             reasons += [f"{f.get('reason')}" for f in answer.get("failures", [])]
         raise RuntimeError("run_task found no capacity: " + "; ".join(reasons or ["no reason"]))
 
@@ -352,6 +383,37 @@ class FargateExecutor:
             await self.stop(execution_id, "AgentTest deleted")
         self._log_not_before.pop(execution_id, None)
         self._log_backoff.pop(execution_id, None)
+
+    async def launched(self) -> list[Launched]:
+        arns: list[str] = []
+        token = ""
+        while True:
+            page = await self._call(
+                "ecs",
+                "list_tasks",
+                cluster=self.config.cluster,
+                desiredStatus="RUNNING",
+                **({"nextToken": token} if token else {}),
+            )
+            arns += page.get("taskArns", [])
+            token = page.get("nextToken") or ""
+            if not token:
+                break
+        found = []
+        for start in range(0, len(arns), 100):  # DescribeTasks takes 100 at a time
+            answer = await self._call(
+                "ecs",
+                "describe_tasks",
+                cluster=self.config.cluster,
+                tasks=arns[start : start + 100],
+                include=["TAGS"],
+            )
+            for task in answer.get("tasks", []):
+                tags = {tag.get("key"): tag.get("value") for tag in task.get("tags") or []}
+                if tags.keys() >= OWNER_TAGS:
+                    namespace, name, uid = (tags[key] for key in OWNER_TAGS_ORDER)
+                    found.append(Launched(str(task["taskArn"]), namespace, name, uid))
+        return found
 
 
 def task_observation(task: dict[str, Any], container_name: str) -> Observation:

@@ -24,7 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.executions import (
+    ExecutionKey,
+    ExecutionState,
+    Launched,
+    LaunchRequest,
+    LogChunk,
+    Observation,
+)
 from agenttest.models import Backend
 from agenttest.runner.confine import descendants
 from agenttest.runner.protocol import RUN_KEY_ENV
@@ -32,6 +39,7 @@ from agenttest.runner.protocol import RUN_KEY_ENV
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+OWNER_FILE = "owner.json"  # the AgentTest an execution belongs to, for the sweeper
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -128,6 +136,9 @@ class LocalExecutor:
 
     # -- the Executor protocol ------------------------------------------------
 
+    async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
+        return key.name  # a record that does not exist observes as MISSING
+
     async def launch(self, request: LaunchRequest) -> str:
         execution_id = request.key.name
         record = self._record(execution_id)
@@ -136,6 +147,8 @@ class LocalExecutor:
         record.mkdir(parents=True, exist_ok=True)
         record.chmod(0o700)
         (record / "config.json").write_text(json.dumps(request.runner_config))
+        owner = {"namespace": request.namespace, "name": request.test_name, "uid": request.key.uid}
+        (record / OWNER_FILE).write_text(json.dumps(owner))
         # A plain Popen, not asyncio's: the child must outlive this event loop
         # (and this operator), and fork/exec does not block for long.
         child = subprocess.Popen(  # noqa: ASYNC220
@@ -226,3 +239,17 @@ class LocalExecutor:
         await self.stop(execution_id, "cleaned up")
         shutil.rmtree(self._record(execution_id), ignore_errors=True)
         self._children.pop(execution_id, None)
+
+    async def launched(self) -> list[Launched]:
+        found = []
+        for owner_file in sorted(self.state_dir.glob(f"*/{OWNER_FILE}")):
+            try:
+                owner = json.loads(owner_file.read_text())
+                found.append(
+                    Launched(
+                        owner_file.parent.name, owner["namespace"], owner["name"], owner["uid"]
+                    )
+                )
+            except (OSError, ValueError, KeyError):
+                continue  # being written or removed right now: the next sweep sees it
+        return found

@@ -21,7 +21,14 @@ import time
 from typing import Any
 
 from agenttest import kubeapi
-from agenttest.executions import ExecutionState, LaunchRequest, LogChunk, Observation
+from agenttest.executions import (
+    ExecutionKey,
+    ExecutionState,
+    Launched,
+    LaunchRequest,
+    LogChunk,
+    Observation,
+)
 from agenttest.models import Backend
 from agenttest.objects import MANAGED_BY, owned_metadata, test_label
 from agenttest.runner.protocol import RUN_KEY_ENV
@@ -267,6 +274,9 @@ class PodExecutor:
             return None
         return dict(api.api_client.sanitize_for_serialization(pod))
 
+    async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
+        return f"{namespace}/{key.name}"
+
     async def launch(self, request: LaunchRequest) -> str:
         api = self._api()
         execution_id = f"{request.namespace}/{request.key.name}"
@@ -335,3 +345,8 @@ class PodExecutor:
 
     async def cleanup(self, execution_id: str) -> None:
         await self.stop(execution_id, "AgentTest deleted")
+
+    async def launched(self) -> list[Launched]:
+        # Every object of an execution is owned by its AgentTest: once the test
+        # is gone, however it went, the garbage collector deletes them.
+        return []
