@@ -163,3 +163,18 @@ def test_an_edited_execution_id_cannot_point_the_operator_at_other_objects(
     cluster.kubectl("get", "configmap", "aws-auth", "-n", victims)  # still there
     kube.wait_for("the runner pod to go", lambda: not kube.get_all("pods"))
     cluster.kubectl("delete", "namespace", victims, "--wait=false")
+
+
+def test_a_huge_exception_at_import_on_a_pod_ends_failed_with_a_small_status(
+    kube: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    start_operator()
+    raising = 'raise RuntimeError("boom " + "x" * 600_000)\n'
+    kube.apply(agent_test("huge", raising, model_server.url, backend="pod", timeoutSeconds=20))
+    status = finished(kube, "huge")
+    assert status["phase"] == "Failed", status.get("message")
+    assert "boom" in str(status["message"])
+    assert len(json.dumps(status)) < 64 * 1024
