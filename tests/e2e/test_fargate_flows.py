@@ -234,3 +234,23 @@ def test_no_agent_forges_its_verdict_on_fargate(
     for forgery in forgeries.CATALOGUE:
         assert not ended[forgery.name]["status"].get("forgedLines"), forgery.name
     assert aws.client("s3").list_objects_v2(Bucket=aws.bucket).get("KeyCount", 0) == 0
+
+
+def test_a_task_whose_test_vanished_is_swept(
+    kube: Kube,
+    start_fargate_operator: Callable[..., Operator],
+    player: FargatePlayer,
+    model_server: ScriptedModelServer,
+) -> None:
+    operator = start_fargate_operator(sweep_interval=1)
+    kube.apply(on_fargate("orphan", SLEEPING_AGENT.format(seconds=300), model_server.url))
+    [task] = player.wait_for_tasks(1)
+    operator.kill()
+    # Someone removes the finalizer while no operator runs, and deletes the test.
+    kube.run(
+        "patch", "agenttest", "orphan", "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+    )
+    kube.run("delete", "agenttest", "orphan", "--timeout=30s")
+    start_fargate_operator(sweep_interval=1)
+    player.wait_stopped(task)
+    assert player.killed(task)
