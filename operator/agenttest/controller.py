@@ -20,7 +20,7 @@ from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
 from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
-from agenttest.publishing import Publisher
+from agenttest.publishing import PublishDeferred, Publisher, PublishRefused
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
 from agenttest.sources import SourceUnavailable, fetch_source, runner_config
@@ -421,6 +421,10 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         return outcome(False, "PackageTooLarge", str(error))
     except SourceUnavailable as error:
         return outcome(False, "SourceUnavailable", str(error))
+    except PublishRefused as error:
+        return outcome(False, error.reason, error.message)
+    except PublishDeferred:
+        return status  # transient: the publisher logged it and backs off before the next try
     except Exception as error:
         # S3 or the API server refused for now: the next step tries again.
         logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)

@@ -5,17 +5,28 @@ steps are idempotent, so a step repeated after an operator restart neither
 uploads twice (an object with the same checksum is left alone) nor creates a
 second DeploymentPackage (the name derives from the test and its attempt).
 The operator uploads: the agent's own execution never holds S3 credentials.
+
+A failure is one of two kinds. `PublishRefused`: S3 or the API server said no
+in a way a retry cannot change (a 4xx other than throttling, a package that
+cannot be rendered, a name taken by another test); the test gets
+`Packaged=False` with the reason, once. Anything else (throttling, 5xx, a lost
+connection) is retried, each test's retries spaced by a growing backoff
+(`PublishDeferred` while it waits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+import jinja2
 
 from agenttest import conditions, kubeapi, packaging
 from agenttest.models import (
@@ -27,7 +38,7 @@ from agenttest.models import (
     DeploymentPackageStatus,
 )
 from agenttest.objects import owned_metadata, test_label
-from agenttest.sources import fetch_source
+from agenttest.sources import SourceUnavailable, fetch_source
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +51,90 @@ class Published:
     size: int
 
 
+# Seconds before the first retry of a failed publish, doubled per failure up to the cap.
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 300.0
+
+# S3 codes that mean "not now" although their status is a 4xx.
+S3_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "ExpiredToken",
+        "OperationAborted",
+    }
+)
+
+
+class PublishRefused(Exception):
+    """Publishing cannot succeed on retry: ``reason`` and ``message`` go into Packaged=False."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class PublishDeferred(Exception):
+    """A transient failure: the next try waits until ``retry_at``."""
+
+    def __init__(self, retry_at: datetime.datetime, cause: str) -> None:
+        super().__init__(f"next try at {conditions.stamp(retry_at)}: {cause}")
+        self.retry_at = retry_at
+        self.cause = cause
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th transient failure in a row."""
+    return float(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, failures - 1)))
+
+
+def _s3_error(error: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, code, message) of a botocore ClientError; (0, "", "") otherwise."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return 0, "", ""
+    details = response.get("Error") or {}
+    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+    code = str(details.get("Code") or "")
+    if not status and code.isdigit():
+        status = int(code)
+    return status, code, str(details.get("Message") or "")
+
+
+def s3_refusal(error: BaseException, action: str) -> PublishRefused | None:
+    """A PublishRefused for an S3 answer no retry can change; None for a transient one."""
+    status, code, message = _s3_error(error)
+    if not 400 <= status < 500 or status == 429 or code in S3_TRANSIENT_CODES:
+        return None
+    return PublishRefused("UploadRefused", f"S3 refused to {action}: {code or status} {message}")
+
+
+def api_refusal(error: BaseException, what: str) -> PublishRefused | None:
+    """A PublishRefused for an API server 4xx (but throttling); None for a transient one."""
+    if isinstance(error, kubeapi.Gone):
+        return PublishRefused("PackageRefused", f"the API server refused {what}: not found")
+    status = getattr(error, "status", None)
+    if not isinstance(status, int) or not 400 <= status < 500 or status == 429:
+        return None
+    message = str(getattr(error, "reason", "") or "")
+    body = getattr(error, "body", None)
+    if isinstance(body, str | bytes):
+        with contextlib.suppress(ValueError, AttributeError):
+            message = str(json.loads(body).get("message") or message)
+    return PublishRefused("PackageRefused", f"the API server refused {what}: {message}")
+
+
 def package_name(test_name: str, attempt: int) -> str:
     suffix = f"-a{attempt}"
-    return test_name[: 253 - len(suffix)] + suffix
+    # A cut that ends in '.' or '-' followed by the suffix is no valid name ("x.-a1").
+    return test_name[: 253 - len(suffix)].rstrip(".-") + suffix
 
 
 def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.PackageInput:
@@ -118,6 +210,8 @@ class Publisher:
         self.prefix = prefix
         self.max_bytes = max_bytes
         self._s3: Any = None
+        # (uid, attempt) -> (transient failures in a row, not before): the backoff.
+        self._failures: dict[tuple[str, int], tuple[int, datetime.datetime]] = {}
 
     def _client(self) -> Any:
         if self._s3 is None:
@@ -131,23 +225,28 @@ class Publisher:
         try:
             head = s3.head_object(Bucket=self.bucket, Key=key)
         except Exception as error:
-            if getattr(error, "response", {}).get("Error", {}).get("Code") not in (
-                "404",
-                "NoSuchKey",
-            ):
+            # Without s3:ListBucket on the whole bucket (the infrastructure grants it
+            # only under the prefix), S3 answers a missing key with 403, not 404.
+            if _s3_error(error)[1] not in ("404", "NoSuchKey", "403", "AccessDenied"):
                 raise
         else:
             if head.get("Metadata", {}).get("sha256") == digest:
                 return  # uploaded before (this operator restarted after the upload)
-        s3.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType="application/zip",
-            ServerSideEncryption="AES256",
-            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-            Metadata={"sha256": digest},
-        )
+        try:
+            s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/zip",
+                ServerSideEncryption="AES256",
+                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                Metadata={"sha256": digest},
+            )
+        except Exception as error:
+            refusal = s3_refusal(error, f"store s3://{self.bucket}/{key}")
+            if refusal is not None:
+                raise refusal from error
+            raise
 
     def build(self, test: AgentTest, source: str, now: datetime.datetime) -> Built:
         """Render and zip the package of a passing test (no I/O)."""
@@ -164,8 +263,46 @@ class Publisher:
         return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key)
 
     async def publish(self, test: AgentTest, now: datetime.datetime) -> Published:
+        """Upload and record the package; PublishRefused for good, PublishDeferred for now.
+
+        PackageTooLarge and SourceUnavailable pass through (the caller names them).
+        """
+        attempt = (test.uid, test.status.attempt)
+        failures, not_before = self._failures.get(attempt, (0, now))
+        if now < not_before:
+            raise PublishDeferred(not_before, "waiting after an earlier failure")
+        try:
+            published = await self._publish(test, now)
+        except (PublishRefused, packaging.PackageTooLarge, SourceUnavailable):
+            self._failures.pop(attempt, None)
+            raise
+        except Exception as error:
+            failures += 1
+            retry_at = now + datetime.timedelta(seconds=retry_delay(failures))
+            self._failures[attempt] = (failures, retry_at)
+            logger.warning(
+                "publishing %s/%s failed (%d in a row), next try at %s: %s",
+                test.namespace,
+                test.name,
+                failures,
+                conditions.stamp(retry_at),
+                error,
+            )
+            raise PublishDeferred(retry_at, str(error)) from error
+        self._failures.pop(attempt, None)
+        return published
+
+    async def _publish(self, test: AgentTest, now: datetime.datetime) -> Published:
         source = await fetch_source(test.spec.agent.source, test.namespace)
-        built = self.build(test, source, now)
+        try:
+            built = self.build(test, source, now)
+        except packaging.PackageTooLarge:
+            raise
+        except (ValueError, TypeError, OSError, jinja2.TemplateError) as error:
+            # The same inputs render the same way on every try.
+            raise PublishRefused(
+                "RenderFailed", f"the package cannot be rendered: {error}"
+            ) from error
         await asyncio.to_thread(self._upload, built.key, built.data, built.sha256)
         body = deployment_package(test, built)
         name = body["metadata"]["name"]
@@ -175,9 +312,21 @@ class Publisher:
             existing = await kubeapi.get_deployment_package(test.namespace, name)
             owners = existing.get("metadata", {}).get("ownerReferences", [])
             if not any(owner.get("uid") == test.uid for owner in owners):
-                raise RuntimeError(
-                    f"DeploymentPackage {test.namespace}/{name} exists and belongs to another test"
+                raise PublishRefused(
+                    "NameTaken",
+                    f"DeploymentPackage {test.namespace}/{name} exists and belongs to another test",
                 ) from None
+        except Exception as error:
+            refusal = api_refusal(error, f"DeploymentPackage {test.namespace}/{name}")
+            if refusal is not None:
+                raise refusal from error
+            raise
         ready = ready_status(built, now)
-        await kubeapi.patch_deployment_package_status(test.namespace, name, ready.wire())
+        try:
+            await kubeapi.patch_deployment_package_status(test.namespace, name, ready.wire())
+        except Exception as error:
+            refusal = api_refusal(error, f"the status of DeploymentPackage {test.namespace}/{name}")
+            if refusal is not None:
+                raise refusal from error
+            raise
         return Published(name=name, uri=built.uri, sha256=built.sha256, size=len(built.data))

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,6 +19,7 @@ import pytest
 from agenttest_dev.fargate import AwsEnvironment
 from agenttest_dev.modelserver import ScriptedModelServer
 
+from s3policy import S3PolicyProxy
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]
@@ -184,3 +186,116 @@ def test_second_attempt_second_package_and_deletion_collects_both(
     kube.run("delete", "agenttest", "twice", "--timeout=60s")
     # kube-controller-manager's garbage collector follows the owner references.
     kube.wait_for("the packages to be collected", lambda: packages(kube) == [])
+
+
+@pytest.fixture
+def policed(aws: AwsEnvironment) -> Iterator[S3PolicyProxy]:
+    """S3 answering as it answers the operator's role (infrastructure/): policed by prefix."""
+    with S3PolicyProxy(aws.endpoint, aws.bucket, prefix="packages/") as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def start_policed_operator(
+    start_operator: StartOperator, aws: AwsEnvironment, policed: S3PolicyProxy
+) -> Callable[..., Operator]:
+    def start(**settings: Any) -> Operator:
+        # S3 alone goes through the policy; every other service stays on moto.
+        env = {**aws.env(), "AWS_ENDPOINT_URL_S3": policed.endpoint}
+        return start_operator(extra_env=env, package_bucket=aws.bucket, **settings)
+
+    return start
+
+
+def test_a_missing_key_answered_403_counts_as_absent(
+    kube: Kube,
+    start_policed_operator: Callable[..., Operator],
+    policed: S3PolicyProxy,
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    start_policed_operator()
+    kube.apply(agent_test("listless", SIMPLE_AGENT, model_server.url))
+    status = wait_packaged(kube, "listless")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    key = package["spec"]["key"]
+    assert ("HEAD", key, 403) in policed.answered
+    head = aws.client("s3").head_object(Bucket=aws.bucket, Key=key)
+    assert head["Metadata"]["sha256"] == package["spec"]["sha256"]
+
+
+def test_an_upload_the_policy_refuses_ends_packaged_false_once(
+    kube: Kube,
+    start_policed_operator: Callable[..., Operator],
+    policed: S3PolicyProxy,
+    model_server: ScriptedModelServer,
+) -> None:
+    start_policed_operator(package_prefix="elsewhere/")
+    kube.apply(agent_test("refused", SIMPLE_AGENT, model_server.url))
+    status = wait_packaged(kube, "refused")
+    assert status["phase"] == "Succeeded"
+    packaged = condition(status, "Packaged")
+    assert packaged is not None
+    assert (packaged["status"], packaged["reason"]) == ("False", "UploadRefused"), packaged
+    assert "AccessDenied" in packaged["message"] and "elsewhere/" in packaged["message"]
+    # Refused for good: tried once, not again at every step.
+    assert policed.count("PUT") == 1
+    assert packages(kube) == []
+
+
+def test_a_throttled_upload_is_retried_until_it_lands(
+    kube: Kube,
+    start_policed_operator: Callable[..., Operator],
+    policed: S3PolicyProxy,
+    model_server: ScriptedModelServer,
+) -> None:
+    # More SlowDowns than one boto3 call retries by itself: the publisher retries too.
+    policed.fail_next("PUT", 7, 503, "SlowDown")
+    start_policed_operator()
+    kube.apply(agent_test("throttled", SIMPLE_AGENT, model_server.url))
+    status = wait_packaged(kube, "throttled")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    assert policed.count("PUT", 503) == 7
+    assert policed.count("PUT", 200) == 1
+    assert [p["metadata"]["name"] for p in packages(kube)] == ["throttled-a1"]
+
+
+def test_a_name_cut_at_a_dash_still_labels_its_package(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+) -> None:
+    # Label values hold 63 characters; this name's 63rd is "-", which no label may end in.
+    name = "n" * 62 + "-cut-here"
+    start_publishing_operator()
+    kube.apply(agent_test(name, SIMPLE_AGENT, model_server.url))
+    status = wait_packaged(kube, name)
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    assert package["metadata"]["name"] == f"{name}-a1"
+    assert package["metadata"]["labels"]["agenttest.dev/test"] == "n" * 62
+
+
+def test_a_package_that_cannot_render_ends_packaged_false(
+    kube: Kube,
+    start_operator: StartOperator,
+    aws: AwsEnvironment,
+    model_server: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "templates" / "package", templates)
+    (templates / "NOTES.md.j2").write_text("Deployed by {{ no_such_variable }}\n")
+    env = {**aws.env(), "AGENTTEST_TEMPLATES_DIR": str(templates)}
+    start_operator(extra_env=env, package_bucket=aws.bucket)
+    kube.apply(agent_test("unrenderable", SIMPLE_AGENT, model_server.url))
+    status = wait_packaged(kube, "unrenderable")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None
+    assert (packaged["status"], packaged["reason"]) == ("False", "RenderFailed"), packaged
+    assert "no_such_variable" in packaged["message"]
+    assert packages(kube) == []
