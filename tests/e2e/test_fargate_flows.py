@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agenttest.runner.protocol import MACHINE_PREFIX
+from agenttest.runner.protocol import EXIT_TIMED_OUT, MACHINE_PREFIX
 from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
@@ -37,6 +37,16 @@ from strands import Agent
 for n in range(40):
     print(f"line {n:02d} of the agent's own output", flush=True)
     time.sleep(0.05)
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+# Stops its judge (its parent), and with it the judge's own deadline.
+JUDGE_STOPPER = """
+import os, signal
+from strands import Agent
+os.kill(os.getppid(), signal.SIGSTOP)
 
 def agent(model):
     return Agent(model=model)
@@ -140,6 +150,7 @@ def test_cancel_stops_the_task(
     start_fargate_operator: Callable[..., Operator],
     player: FargatePlayer,
     model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
 ) -> None:
     start_fargate_operator()
     kube.apply(on_fargate("cancel-me", SLEEPING_AGENT.format(seconds=300), model_server.url))
@@ -150,6 +161,10 @@ def test_cancel_stops_the_task(
     status = kube.wait_for_phase("cancel-me", "Cancelled", "Failed", "Succeeded")["status"]
     assert status["phase"] == "Cancelled"
     assert player.killed(task_arn)
+    # StopTask's SIGTERM goes to PID 1 (the deadline timer) alone; it reached the
+    # judge, which ended the run itself (128 + SIGTERM), before any SIGKILL.
+    task = aws.client("ecs").describe_tasks(cluster=aws.cluster, tasks=[task_arn])["tasks"][0]
+    assert task["containers"][0]["exitCode"] == 143
 
 
 def test_operator_killed_after_run_task_yields_one_task(
@@ -254,3 +269,26 @@ def test_a_task_whose_test_vanished_is_swept(
     start_fargate_operator(sweep_interval=1)
     player.wait_stopped(task)
     assert player.killed(task)
+
+
+def test_a_stopped_judge_ends_timed_out_with_no_operator_to_stop_it(
+    kube: Kube,
+    start_fargate_operator: Callable[..., Operator],
+    player: FargatePlayer,
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    operator = start_fargate_operator()
+    kube.apply(on_fargate("stopper", JUDGE_STOPPER, model_server.url, timeoutSeconds=5))
+    [task_arn] = player.wait_for_tasks(1)
+    # The operator's own timeout would stop the task: gone, only the task's PID 1 is left.
+    operator.kill()
+    player.wait_stopped(task_arn, timeout=90)
+    assert not player.killed(task_arn), "nobody called StopTask"
+    task = aws.client("ecs").describe_tasks(cluster=aws.cluster, tasks=[task_arn])["tasks"][0]
+    assert task["containers"][0]["exitCode"] == EXIT_TIMED_OUT
+    assert any("outlived its 20s deadline" in line for line in player.output(task_arn))
+
+    start_fargate_operator()
+    status = kube.wait_for_phase("stopper", "TimedOut", "Failed", "Succeeded", "Error")["status"]
+    assert status["phase"] == "TimedOut", status.get("message")

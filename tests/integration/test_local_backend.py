@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
+from agenttest import lifecycle
 from agenttest.backends.local import LocalExecutor
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, LogChunk
+from agenttest.models import Phase
+from agenttest.runner.protocol import EXIT_TIMED_OUT
 from agenttest_dev.containers import kill_tree
 
 from support import pid_alive
@@ -160,3 +163,39 @@ def test_the_reader_moves_past_lines_longer_than_a_read_and_any_bytes(tmp_path: 
     # The long line arrives in pieces rather than stopping the reader; only \n splits.
     assert "".join(lines[1:-2]) == huge.decode()
     assert lines[-2] == "\ufffd\ufffdbinary\rstill one line\x0cand this"
+
+
+def test_a_stopped_judge_still_ends_timed_out_at_the_supervisors_deadline(
+    tmp_path: Path,
+) -> None:
+    # The agent host's parent is its judge: stopping it stops the judge's own deadline.
+    source = (
+        "import os, signal, time\n"
+        f"open({str(tmp_path / 'agent.pid')!r}, 'w').write(str(os.getpid()))\n"
+        "os.kill(os.getppid(), signal.SIGSTOP)\n"
+        "time.sleep(300)\n"
+    )
+    timed = LaunchRequest(
+        key=ExecutionKey("0123456789abcdef-uid-0123456789ab", 1),
+        namespace="ns",
+        test_name="t",
+        runner_config={**config(source), "timeoutSeconds": 2},
+        timeout_seconds=2,
+    )
+
+    async def scenario() -> tuple[int | None, list[str]]:
+        executor = LocalExecutor(tmp_path / "runs")
+        execution_id = await executor.launch(timed)
+        try:
+            # No stop() and no operator: only the supervisor's own timer can end it.
+            await wait_state(executor, execution_id, ExecutionState.EXITED)
+            observation = await executor.observe(execution_id)
+            return observation.exit_code, await read_everything(executor, execution_id)
+        finally:
+            await executor.stop(execution_id, "test over")  # only if the timer failed
+
+    exit_code, lines = asyncio.run(scenario())
+    assert exit_code == EXIT_TIMED_OUT
+    assert lifecycle.outcome(None, exit_code, lines[-1])[0] == Phase.TIMED_OUT
+    assert "outlived its 17s deadline" in lines[-1]
+    assert not pid_alive(int((tmp_path / "agent.pid").read_text()))

@@ -124,4 +124,6 @@ def test_run_task_arguments_for_spot_and_on_demand() -> None:
         {"name": "AGENTTEST_CONFIG", "value": "{}"},
         {"name": "AGENTTEST_RUN_KEY", "value": "ab" * 32},
     ]
+    # Appended to the image's ENTRYPOINT: the judge under a timer at timeout + margin.
+    assert container["command"] == ["--deadline", "75"]
     assert {"key": "agenttest.dev/attempt", "value": "2"} in demand["tags"]

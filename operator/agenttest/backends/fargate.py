@@ -31,6 +31,7 @@ from agenttest.executions import (
     Observation,
 )
 from agenttest.models import Backend
+from agenttest.runner.deadline import DEADLINE_FLAG, backstop_seconds
 from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV, RUN_KEY_ENV
 from agenttest.settings import Settings
 
@@ -179,6 +180,9 @@ def run_task_arguments(
             "containerOverrides": [
                 {
                     "name": config.container,
+                    # Appended to the image's ENTRYPOINT (python -m agenttest.runner):
+                    # PID 1 becomes a timer the agent can neither stop nor outlive.
+                    "command": [DEADLINE_FLAG, f"{backstop_seconds(request.timeout_seconds):g}"],
                     "environment": [
                         {"name": k, "value": v} for k, v in container_environment.items()
                     ],

@@ -34,6 +34,7 @@ from agenttest.executions import (
 )
 from agenttest.models import Backend
 from agenttest.runner.confine import descendants
+from agenttest.runner.deadline import backstop_seconds
 from agenttest.runner.protocol import RUN_KEY_ENV
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,14 @@ class LocalExecutor:
         # A plain Popen, not asyncio's: the child must outlive this event loop
         # (and this operator), and fork/exec does not block for long.
         child = subprocess.Popen(  # noqa: ASYNC220
-            [sys.executable, "-m", "agenttest.backends.local_supervisor", str(record)],
+            [
+                sys.executable,
+                "-m",
+                "agenttest.backends.local_supervisor",
+                str(record),
+                # The supervisor's own timer: the run ends even with no operator to stop it.
+                f"{backstop_seconds(request.timeout_seconds):g}",
+            ],
             cwd=record,
             env=self._environment(record, request.run_key),
             stdin=subprocess.DEVNULL,

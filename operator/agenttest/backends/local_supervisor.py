@@ -4,6 +4,15 @@ Started by the local backend as the leader of a new session, so it outlives
 an operator restart. It writes the runner's exit code into the record
 directory (the operator may no longer be its parent to collect it) and
 removes the runner's work directory afterwards.
+
+It is also the run's backstop: the judge keeps its own deadline, but an agent
+that stops its judge (SIGSTOP) stops that deadline with it. At the run's
+timeout plus a margin (runner/deadline.py) the supervisor kills the judge and
+everything below it and records EXIT_TIMED_OUT, which the operator reads as
+TimedOut, whether or not an operator is still there to stop the run. The agent
+runs as this process's user, so it could signal the supervisor too: the local
+backend runs untrusted code with the operator's own rights, and is for
+development only.
 """
 
 from __future__ import annotations
@@ -16,10 +25,11 @@ import sys
 from pathlib import Path
 
 from agenttest.runner.confine import become_subreaper, kill_descendants, make_non_dumpable
-from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest.runner.protocol import EXIT_TIMED_OUT, RUN_KEY_ENV
 
 
-def supervise(record: Path) -> int:
+def supervise(record: Path, deadline: float | None = None) -> int:
+    """Run the judge; at ``deadline`` seconds (if given) kill it and record a time-out."""
     # The judge's key is in our environment: close /proc/<self> to the agent host,
     # and pass the key on to the judge alone.
     make_non_dumpable()
@@ -49,7 +59,17 @@ def supervise(record: Path) -> int:
             stdin=subprocess.DEVNULL,
             env={**os.environ, RUN_KEY_ENV: run_key},
         )
-        code = runner.wait()
+        try:
+            code = runner.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+            kill_descendants()
+            runner.wait()
+            output.write(
+                f"agenttest: the run outlived its {deadline:g}s deadline; the judge and "
+                "everything it started were killed\n".encode()
+            )
+            code = EXIT_TIMED_OUT
     kill_descendants()
     partial = record / "exit_code.partial"
     partial.write_text(str(code))
@@ -59,7 +79,7 @@ def supervise(record: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m agenttest.backends.local_supervisor RECORD_DIR")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m agenttest.backends.local_supervisor RECORD_DIR [DEADLINE]")
     os.umask(0o077)
-    sys.exit(supervise(Path(sys.argv[1])))
+    sys.exit(supervise(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) == 3 else None))

@@ -1,4 +1,7 @@
-"""``python -m agenttest.runner``: the judge, always ending with a signed result line."""
+"""``python -m agenttest.runner``: the judge, always ending with a signed result line.
+
+``python -m agenttest.runner --deadline SECONDS ...`` runs the judge under deadline.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import secrets
 import sys
 
 from agenttest.runner.confine import become_subreaper, make_non_dumpable
+from agenttest.runner.deadline import DEADLINE_FLAG
+from agenttest.runner.deadline import main as run_under_deadline
 from agenttest.runner.protocol import RUN_KEY_ENV, Emitter, failed_setup, parse_run_key
 
 
@@ -15,6 +20,9 @@ def _run() -> int:
     # process our children leave behind becomes ours to end.
     make_non_dumpable()
     become_subreaper()
+    if sys.argv[1:2] == [DEADLINE_FLAG]:
+        # The judge as the child of a timer it cannot switch off (see deadline.py).
+        return run_under_deadline(sys.argv[1:])
     # Answers may hold any Unicode; a C-locale container must not crash printing them.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")

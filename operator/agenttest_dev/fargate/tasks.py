@@ -1,15 +1,18 @@
 """A task's life as Fargate plays it: PROVISIONING -> PENDING -> RUNNING -> STOPPED.
 
 The container's process runs under the shared container runtime
-(`agenttest_dev.containers`) with the environment the ECS agent would give it;
-its output goes through the awslogs driver (`awslogs`); StopTask, a Spot
-interruption or the player's own stop end it with SIGTERM, then SIGKILL after
-`stop_timeout`.
+(`agenttest_dev.containers`) with the environment the ECS agent would give it:
+the image's ENTRYPOINT followed by the command (the RunTask override's, else the
+task definition's, else the image's CMD), as Docker runs it. Its output goes
+through the awslogs driver (`awslogs`); StopTask, a Spot interruption or the
+player's own stop end it with SIGTERM to the container's PID 1, then SIGKILL to
+everything after `stop_timeout`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -19,6 +22,7 @@ from typing import Any, Literal
 
 from moto.backends import get_backend
 
+from agenttest.runner.confine import children
 from agenttest_dev.containers import Image, container_path, find_image, signal_group, spawn
 from agenttest_dev.fargate.aws import ACCOUNT_ID, REGION, _now, logger, task_id
 from agenttest_dev.fargate.awslogs import LogShipper
@@ -27,6 +31,18 @@ from agenttest_dev.fargate.state import Run
 
 # What a task's container is: its definition, the RunTask override for it, its image.
 ContainerSpec = tuple[dict[str, Any], dict[str, Any], Image]
+
+
+def stop_container(shim: int) -> None:
+    """StopTask's SIGTERM, as Docker sends it: to the container's PID 1 alone.
+
+    That is the command the shim runs (its child), not the shim nor the group:
+    whatever else runs in the container hears of the stop only through PID 1,
+    so a PID 1 that wraps the real work must pass it on.
+    """
+    for pid in children(shim):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
 
 
 class TaskRuntime(EcsApi):
@@ -218,7 +234,7 @@ class TaskRuntime(EcsApi):
                         self._request_stop(task, "Fargate player stopped", "UserInitiated")
                     run.killed = True
                 self._set_status(task, "STOPPING")
-                signal_group(process.pid, signal.SIGTERM)
+                stop_container(process.pid)
                 term_at = time.monotonic()
             elif (
                 term_at is not None
