@@ -121,7 +121,8 @@ def api_refusal(error: BaseException, what: str) -> PublishRefused | None:
     if isinstance(error, kubeapi.Gone):
         return PublishRefused("PackageRefused", f"the API server refused {what}: not found")
     status = getattr(error, "status", None)
-    if not isinstance(status, int) or not 400 <= status < 500 or status == 429:
+    # 401: an expired token, which the client renews; 429: throttled.
+    if not isinstance(status, int) or not 400 <= status < 500 or status in (401, 429):
         return None
     message = str(getattr(error, "reason", "") or "")
     body = getattr(error, "body", None)

@@ -112,7 +112,7 @@ def test_api_server_4xx_are_permanent_with_its_message() -> None:
     assert api_refusal(kubeapi.Gone("not found"), "pkg") is not None
 
 
-@pytest.mark.parametrize("status", [429, 500, 503, 504])
+@pytest.mark.parametrize("status", [401, 429, 500, 503, 504])
 def test_api_server_throttling_and_5xx_are_transient(status: int) -> None:
     assert api_refusal(ApiException(status=status, reason="later"), "pkg") is None
 
