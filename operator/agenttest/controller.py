@@ -23,7 +23,7 @@ from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.publishing import Publisher
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
-from agenttest.sources import SourceUnavailable, fetch_source, runner_config
+from agenttest.sources import SourceUnavailable, runner_config, s3_grants, take_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,20 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
-        source = await fetch_source(test.spec.agent.source, test.namespace)
+        grants = s3_grants(rt.settings.s3_source_allow)
+        snapshot = await take_snapshot(test.spec.agent.source, test.namespace, grants)
+        if rt.publisher is not None and test.spec.package.enabled:
+            # The package holds what the attempt ran: kept now, or read back if an
+            # earlier launch of this attempt kept one (sources.py says why).
+            snapshot = await rt.publisher.snapshots.keep(
+                test.namespace, test.name, test.uid, status.attempt, snapshot
+            )
         execution_id = await executor.launch(
             LaunchRequest(
                 key=key,
                 namespace=test.namespace,
                 test_name=test.name,
-                runner_config=runner_config(test.spec, source),
+                runner_config=runner_config(test.spec, snapshot.text),
                 timeout_seconds=test.spec.timeout_seconds,
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,
@@ -154,7 +161,8 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
         return lifecycle.infra_failure(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
-    return lifecycle.launched(status, status.backend, execution_id, now)
+    launched = lifecycle.launched(status, status.backend, execution_id, now)
+    return launched.model_copy(update={"source": snapshot.status()})
 
 
 async def _read_all(
@@ -269,6 +277,8 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         return outcome(False, "PackageTooLarge", str(error))
     except SourceUnavailable as error:
         return outcome(False, "SourceUnavailable", str(error))
+    except packaging.NotReproducible as error:
+        return outcome(False, "NotReproducible", str(error))
     except Exception as error:
         # S3 or the API server refused for now: the next step tries again.
         logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)

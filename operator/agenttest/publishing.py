@@ -5,6 +5,11 @@ steps are idempotent, so a step repeated after an operator restart neither
 uploads twice (an object with the same checksum is left alone) nor creates a
 second DeploymentPackage (the name derives from the test and its attempt).
 The operator uploads: the agent's own execution never holds S3 credentials.
+
+What goes in is what was tested: agent.py is the attempt's snapshot read back from
+the bucket (sources.SnapshotStore) and verified against ``status.source``, never the
+source read again, and requirements.txt pins ``status.environment``, the
+distributions the judge listed where the agent ran.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from agenttest.models import (
     DeploymentPackageStatus,
 )
 from agenttest.objects import owned_metadata, test_label
-from agenttest.sources import fetch_source
+from agenttest.sources import SnapshotStore, SourceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.Pac
         agent_source=source,
         entrypoint=test.spec.agent.entrypoint,
         requirements=list(test.spec.agent.requirements),
+        environment=list(test.status.environment),
         model=test.spec.model.wire(),
         cases=[case.wire() for case in test.status.cases],
         summary=test.status.summary or "",
@@ -118,6 +124,8 @@ class Publisher:
         self.prefix = prefix
         self.max_bytes = max_bytes
         self._s3: Any = None
+        # Each attempt's agent.py, kept at launch beside where its package goes.
+        self.snapshots = SnapshotStore(bucket, prefix)
 
     def _client(self) -> Any:
         if self._s3 is None:
@@ -163,8 +171,23 @@ class Publisher:
         key = packaging.object_key(test.namespace, test.name, test.uid, status.attempt, self.prefix)
         return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key)
 
+    async def tested_source(self, test: AgentTest) -> str:
+        """The agent.py the judge ran, from the attempt's snapshot; SourceUnavailable if unsure."""
+        source = test.status.source
+        if source is None:
+            raise SourceUnavailable("the attempt recorded no snapshot of its agent.py")
+        if source.tested_sha256 != source.sha256:
+            ran = source.tested_sha256 or "an unreported one"
+            raise SourceUnavailable(
+                f"the judge ran an agent.py with sha256 {ran}, not the snapshot's "
+                f"{source.sha256}: the package could not hold what was tested"
+            )
+        return await self.snapshots.read(
+            test.namespace, test.name, test.uid, test.status.attempt, source.sha256
+        )
+
     async def publish(self, test: AgentTest, now: datetime.datetime) -> Published:
-        source = await fetch_source(test.spec.agent.source, test.namespace)
+        source = await self.tested_source(test)
         built = self.build(test, source, now)
         await asyncio.to_thread(self._upload, built.key, built.data, built.sha256)
         body = deployment_package(test, built)

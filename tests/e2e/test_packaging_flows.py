@@ -164,7 +164,9 @@ def test_oversize_package_gets_a_clear_condition_and_no_object(
     listed = aws.client("s3").list_objects_v2(
         Bucket=aws.bucket, Prefix=f"packages/{kube.namespace}"
     )
-    assert listed.get("KeyCount", 0) == 0
+    # Only the attempt's agent.py, kept at launch; no zip.
+    keys = [entry["Key"] for entry in listed.get("Contents", [])]
+    assert [key.rsplit("/", 2)[-2:] for key in keys] == [["source", "agent.py"]]
 
 
 def test_second_attempt_second_package_and_deletion_collects_both(
@@ -184,3 +186,60 @@ def test_second_attempt_second_package_and_deletion_collects_both(
     kube.run("delete", "agenttest", "twice", "--timeout=60s")
     # kube-controller-manager's garbage collector follows the owner references.
     kube.wait_for("the packages to be collected", lambda: packages(kube) == [])
+
+
+def gated_agent(directory: Path, marker: str) -> str:
+    """An agent that says it started, then waits for the test's go-ahead before answering.
+
+    ``marker`` makes two versions of it differ in their bytes and nothing else.
+    """
+    return f"""# version: {marker}
+import os, time
+from strands import Agent
+
+open(os.path.join({str(directory)!r}, "started"), "w").close()
+while not os.path.exists(os.path.join({str(directory)!r}, "go")):
+    time.sleep(0.05)
+
+def agent(model):
+    return Agent(model=model, system_prompt="Be brief.")
+"""
+
+
+def package_files(aws: AwsEnvironment, package: dict[str, Any]) -> zipfile.ZipFile:
+    spec = package["spec"]
+    body = aws.client("s3").get_object(Bucket=spec["bucket"], Key=spec["key"])["Body"].read()
+    return zipfile.ZipFile(io.BytesIO(body))
+
+
+def test_package_holds_the_source_that_ran_when_its_config_map_changes_mid_run(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_publishing_operator()
+    tested, edited = gated_agent(tmp_path, "tested"), gated_agent(tmp_path, "edited later")
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "agent-code"},
+        "data": {"agent.py": tested},
+    }
+    kube.apply(config_map)
+    test = agent_test("edited", "", model_server.url)
+    test["spec"]["agent"]["source"] = {"configMapRef": {"name": "agent-code"}}
+    kube.apply(test)
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    kube.apply({**config_map, "data": {"agent.py": edited}})
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "edited")
+    assert status["phase"] == "Succeeded", status.get("message")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    assert package_files(aws, package).read("agent.py").decode() == tested
+    digest = hashlib.sha256(tested.encode()).hexdigest()
+    assert status["source"]["sha256"] == digest
