@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,90 @@ def test_package_holds_the_source_that_ran_when_its_config_map_changes_mid_run(
     assert package_files(aws, package).read("agent.py").decode() == tested
     digest = hashlib.sha256(tested.encode()).hexdigest()
     assert status["source"]["sha256"] == digest
+
+
+def tiny_wheel(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel built by hand: installable with no index and no build step."""
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def test_package_pins_the_versions_the_run_installed(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    # A distribution the operator does not have: only the run can know its version.
+    wheel = tiny_wheel(tmp_path, "tinypin", "4.5.6")
+    test = agent_test("pinned", "import tinypin\n" + SIMPLE_AGENT, model_server.url)
+    test["spec"]["agent"]["requirements"] = [f"tinypin@{wheel.as_uri()}"]
+    start_publishing_operator()
+    kube.apply(test)
+
+    status = wait_packaged(kube, "pinned")
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "tinypin==4.5.6" in status["environment"]
+    [package] = packages(kube)
+    lines = package_files(aws, package).read("requirements.txt").decode().splitlines()
+    assert "tinypin==4.5.6" in lines
+    # The framework at the version the run imported, beside the agent's own requirement.
+    assert f"strands-agents=={metadata.version('strands-agents')}" in lines
+    assert f"tinypin@{wheel.as_uri()}" in lines
+    assert not any(line.startswith(("agenttest-operator", "pip==")) for line in lines)
+
+
+def from_s3(name: str, uri: str, endpoint: str) -> dict[str, Any]:
+    test = agent_test(name, "", endpoint)
+    test["spec"]["agent"]["source"] = {"s3": {"uri": uri}}
+    return test
+
+
+def test_s3_sources_are_read_only_where_the_operator_allows(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="agent-sources")
+    for key in ("team/agent.py", "private/agent.py", "other-team/agent.py"):
+        s3.put_object(Bucket="agent-sources", Key=key, Body=SIMPLE_AGENT.encode())
+    # One prefix for every namespace, one for this test's namespace only, and one
+    # granted to another namespace, which this one must not get.
+    start_publishing_operator(
+        s3_source_allow=(
+            "s3://agent-sources/team/,"
+            f"{kube.namespace}=s3://agent-sources/other-team/,"
+            "elsewhere=s3://agent-sources/private/"
+        )
+    )
+    kube.apply(
+        from_s3("allowed", "s3://agent-sources/team/agent.py", model_server.url),
+        from_s3("mine", "s3://agent-sources/other-team/agent.py", model_server.url),
+        from_s3("theirs", "s3://agent-sources/private/agent.py", model_server.url),
+        from_s3("prefix-lookalike", "s3://agent-sources/team-b/agent.py", model_server.url),
+    )
+    for name in ("allowed", "mine"):
+        status = wait_packaged(kube, name)
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert status["source"]["origin"].startswith("s3://agent-sources/")
+    for name in ("theirs", "prefix-lookalike"):
+        status = kube.wait_for_phase(name, "Error", "Succeeded", "Failed")["status"]
+        assert status["phase"] == "Error"
+        assert "AGENTTEST_S3_SOURCE_ALLOW" in status["message"]
+    [allowed] = [p for p in packages(kube) if p["metadata"]["name"] == "allowed-a1"]
+    assert package_files(aws, allowed).read("agent.py").decode() == SIMPLE_AGENT
