@@ -246,6 +246,70 @@ def test_package_holds_the_source_that_ran_when_its_config_map_changes_mid_run(
     assert status["source"]["sha256"] == digest
 
 
+def from_config_map(kube: Kube, name: str, source: str, endpoint: str) -> dict[str, Any]:
+    """Apply a ConfigMap holding ``source``; return an AgentTest that reads it."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-code"},
+            "data": {"agent.py": source},
+        }
+    )
+    test = agent_test(name, "", endpoint)
+    test["spec"]["agent"]["source"] = {"configMapRef": {"name": f"{name}-code"}}
+    return test
+
+
+def test_a_restarted_operator_packages_the_source_that_ran(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    tested, edited = gated_agent(tmp_path, "tested"), gated_agent(tmp_path, "edited later")
+    operator = start_publishing_operator()
+    kube.apply(from_config_map(kube, "restarted", tested, model_server.url))
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    # The operator dies mid-run; the source changes before another one takes over.
+    operator.kill()
+    from_config_map(kube, "restarted", edited, model_server.url)
+    start_publishing_operator()
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "restarted")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    assert package_files(aws, package).read("agent.py").decode() == tested
+    assert status["source"]["testedSha256"] == hashlib.sha256(tested.encode()).hexdigest()
+
+
+def test_a_snapshot_changed_after_the_run_is_not_packaged(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_publishing_operator()
+    kube.apply(agent_test("swapped", gated_agent(tmp_path, "tested"), model_server.url))
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    uid = kube.get("swapped")["metadata"]["uid"]
+    key = f"packages/{kube.namespace}/swapped/{uid}/attempt-1/source/agent.py"
+    aws.client("s3").put_object(Bucket=aws.bucket, Key=key, Body=b"import os  # not what ran\n")
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "swapped")
+    assert status["phase"] == "Succeeded"
+    packaged = condition(status, "Packaged")
+    assert packaged is not None
+    assert (packaged["status"], packaged["reason"]) == ("False", "SourceUnavailable")
+    assert "not the tested" in packaged["message"]
+    assert packages(kube) == []
+
+
 def tiny_wheel(directory: Path, name: str, version: str) -> Path:
     """A pure-Python wheel built by hand: installable with no index and no build step."""
     path = directory / f"{name}-{version}-py3-none-any.whl"
