@@ -205,7 +205,10 @@ class SnapshotStore:
             found = self._client().get_object(Bucket=self.bucket, Key=key)
         except Exception as error:
             code = getattr(error, "response", {}).get("Error", {}).get("Code")
-            if code in ("404", "NoSuchKey"):
+            # 403 too: the infrastructure's policy grants ListBucket only under a
+            # prefix, and without ListBucket S3 answers a missing key with 403. A real
+            # lack of access shows on the PutObject that follows (or as "missing").
+            if code in ("404", "NoSuchKey", "403", "AccessDenied"):
                 return None
             raise
         return bytes(found["Body"].read()), str(found.get("Metadata", {}).get("sha256", ""))
@@ -244,7 +247,9 @@ class SnapshotStore:
         uri = self.uri(namespace, name, uid, attempt)
         kept = await asyncio.to_thread(self._get, self.key(namespace, name, uid, attempt))
         if kept is None:
-            raise SourceUnavailable(f"the snapshot of the tested agent.py is missing: {uri}")
+            raise SourceUnavailable(
+                f"the snapshot of the tested agent.py is missing or unreadable: {uri}"
+            )
         data, _ = kept
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
