@@ -23,7 +23,7 @@ from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.publishing import Publisher
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
-from agenttest.sources import SourceUnavailable, runner_config, s3_grants, take_snapshot
+from agenttest.sources import SourceUnavailable, attempt_snapshot, runner_config, s3_grants
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +133,11 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
+        # Kept for the package when there will be one (sources.py says why).
+        publisher = rt.publisher if test.spec.package.enabled else None
+        store = publisher.snapshots if publisher is not None else None
         grants = s3_grants(rt.settings.s3_source_allow)
-        snapshot = await take_snapshot(test.spec.agent.source, test.namespace, grants)
-        if rt.publisher is not None and test.spec.package.enabled:
-            # The package holds what the attempt ran: kept now, or read back if an
-            # earlier launch of this attempt kept one (sources.py says why).
-            snapshot = await rt.publisher.snapshots.keep(
-                test.namespace, test.name, test.uid, status.attempt, snapshot
-            )
+        snapshot = await attempt_snapshot(test, grants, store)
         execution_id = await executor.launch(
             LaunchRequest(
                 key=key,

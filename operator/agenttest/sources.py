@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttest import kubeapi
-from agenttest.models import MAX_INLINE_SOURCE, AgentSource, AgentTestSpec, SourceSnapshot
+from agenttest.models import (
+    MAX_INLINE_SOURCE,
+    AgentSource,
+    AgentTest,
+    AgentTestSpec,
+    SourceSnapshot,
+)
 
 S3_ALLOW_SETTING = "AGENTTEST_S3_SOURCE_ALLOW"
 
@@ -161,22 +167,56 @@ def _read_s3(uri: str) -> str:
     return bytes(body).decode("utf-8", errors="replace")
 
 
+def origin(source: AgentSource) -> str:
+    """Where agent.py comes from, as status.source.origin says it."""
+    if source.config_map_ref is not None:
+        return f"configMap {source.config_map_ref.name} key {source.config_map_ref.key}"
+    if source.s3 is not None:
+        return source.s3.uri
+    return "inline"
+
+
 async def take_snapshot(
     source: AgentSource, namespace: str, grants: tuple[S3Grant, ...]
 ) -> Snapshot:
     """Read agent.py from wherever the spec says, once."""
     if source.inline is not None:
-        return Snapshot(source.inline, "inline")
+        return Snapshot(source.inline, origin(source))
     if source.config_map_ref is not None:
         ref = source.config_map_ref
         text = await _read_config_map(namespace, ref.name, ref.key)
-        return Snapshot(text, f"configMap {ref.name} key {ref.key}")
+        return Snapshot(text, origin(source))
     if source.s3 is not None:
         uri = source.s3.uri
         # Checked before any request: a refused URI must not even be probed.
         check_s3_allowed(uri, namespace, grants)
-        return Snapshot(await asyncio.to_thread(_read_s3, uri), uri)
+        return Snapshot(await asyncio.to_thread(_read_s3, uri), origin(source))
     raise SourceUnavailable("spec.agent.source sets none of inline, configMapRef or s3")
+
+
+async def attempt_snapshot(
+    test: AgentTest, grants: tuple[S3Grant, ...], store: SnapshotStore | None
+) -> Snapshot:
+    """agent.py for a launch of the test's current attempt.
+
+    With a ``store`` (the test will be packaged), a later launch of the attempt
+    (after a restart or an infrastructure retry) runs what the first one ran, read
+    back from the store, even if the source changed or went away since; the first
+    launch reads the source and keeps it there.
+    """
+    source, namespace = test.spec.agent.source, test.namespace
+    if source.s3 is not None:
+        # Also on a read-back: an allowlist narrowed since then applies at once.
+        check_s3_allowed(source.s3.uri, namespace, grants)
+    if store is None:
+        return await take_snapshot(source, namespace, grants)
+    at = (namespace, test.name, test.uid, test.status.attempt)
+    kept = await store.kept(*at)
+    if kept is not None:
+        return Snapshot(kept, origin(source))
+    fetched = await take_snapshot(source, namespace, grants)
+    await store.keep(*at, fetched)
+    return fetched
 
 
 class SnapshotStore:
@@ -223,24 +263,20 @@ class SnapshotStore:
             Metadata={"sha256": snapshot.sha256},
         )
 
-    async def keep(
-        self, namespace: str, name: str, uid: str, attempt: int, fetched: Snapshot
-    ) -> Snapshot:
-        """The attempt's snapshot: the one kept before (read back), else ``fetched``, kept now.
+    async def kept(self, namespace: str, name: str, uid: str, attempt: int) -> str | None:
+        """The attempt's agent.py kept by an earlier launch, if it is intact."""
+        kept = await asyncio.to_thread(self._get, self.key(namespace, name, uid, attempt))
+        if kept is None:
+            return None
+        data, digest = kept
+        # Not what was written (PutObject never leaves half an object, so someone
+        # changed it): the first launch's bytes are lost; the caller starts over.
+        return data.decode("utf-8") if hashlib.sha256(data).hexdigest() == digest else None
 
-        A later launch of the same attempt (after a restart or an infrastructure
-        retry) runs what the first launch ran, even if the source changed since.
-        """
-        key = self.key(namespace, name, uid, attempt)
-        kept = await asyncio.to_thread(self._get, key)
-        if kept is not None:
-            data, digest = kept
-            if hashlib.sha256(data).hexdigest() == digest:
-                return Snapshot(data.decode("utf-8"), fetched.origin)
-            # Not what was written (a partial write cannot happen with PutObject, so
-            # someone changed it): the first launch's bytes are lost; start over.
-        await asyncio.to_thread(self._put, key, fetched)
-        return fetched
+    async def keep(
+        self, namespace: str, name: str, uid: str, attempt: int, snapshot: Snapshot
+    ) -> None:
+        await asyncio.to_thread(self._put, self.key(namespace, name, uid, attempt), snapshot)
 
     async def read(self, namespace: str, name: str, uid: str, attempt: int, sha256: str) -> str:
         """The kept agent.py, only if it hashes to ``sha256``; SourceUnavailable otherwise."""
