@@ -17,6 +17,7 @@ name==version is left out.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -167,12 +168,13 @@ def untrusted_distributions(site: Path) -> list[str]:
     with _opened_directory(site) as site_fd:
         if site_fd is None:
             return found
-        for index, entry in enumerate(sorted(os.listdir(site_fd))):
-            if index >= SCAN_LIMIT:
-                break
-            if not entry.endswith(".dist-info"):
+        # scandir, not listdir: a directory of millions of entries is not read whole.
+        with os.scandir(site_fd) as entries:
+            names = [entry.name for entry in itertools.islice(entries, SCAN_LIMIT)]
+        for name in names:
+            if not name.endswith(".dist-info"):
                 continue
-            with _opened_directory(entry, site_fd) as info_fd:
+            with _opened_directory(name, site_fd) as info_fd:
                 text = None if info_fd is None else _read_regular(info_fd, "METADATA")
             if text is not None:
                 pinned = pin(*_headers(text))
@@ -185,7 +187,10 @@ def runner_distributions(path: Sequence[str]) -> list[str]:
     """name==version of each distribution on ``path``, the runner's own (trusted) files."""
     found: list[str] = []
     for distribution in metadata.distributions(path=[entry for entry in path if entry]):
-        pinned = pin(distribution.metadata["Name"], distribution.version)
+        try:
+            pinned = pin(distribution.metadata["Name"], distribution.version)
+        except Exception:  # a broken METADATA must not fail every run; it is left out
+            continue
         if pinned is not None:
             found.append(pinned)
     return found
