@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import hashlib
 
 import pytest
 
-from agenttest import sources
+from agenttest import lifecycle, sources
+from agenttest.models import AgentTest, AgentTestSpec, AgentTestStatus, Phase, SourceSnapshot
+from agenttest.publishing import Publisher
 from agenttest.runner.protocol import source_digest
 from agenttest.settings import Settings
 from agenttest.sources import S3Grant, Snapshot, SourceUnavailable, check_s3_allowed, s3_grants
 
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+SPEC = AgentTestSpec.model_validate(
+    {
+        "agent": {"source": {"inline": "agent = 1\n"}},
+        "model": {"provider": "ollama", "modelId": "m", "endpoint": "http://m:11434"},
+        "cases": [{"name": "a", "query": "hi"}],
+    }
+)
 ALLOW = (
     "s3://shared-agents/released/",
     "team-a=s3://team-a-agents",
@@ -75,3 +87,37 @@ def test_the_snapshot_is_hashed_as_the_judge_hashes_what_it_runs() -> None:
     snapshot = Snapshot(text, "inline")
     assert snapshot.sha256 == source_digest(text) == hashlib.sha256(text.encode()).hexdigest()
     assert snapshot.status().size_bytes == len(text.encode())
+
+
+def finished_with(source: SourceSnapshot | None, reported: str | None) -> AgentTestStatus:
+    """A passing test's status after the judge reported ``reported`` as what it ran."""
+    result = lifecycle.RunnerResult(
+        passed=True,
+        summary="1/1 cases passed",
+        source_sha256=reported,
+        environment=["strands-agents==1.2.3"],
+    )
+    running = AgentTestStatus(phase=Phase.RUNNING, attempt=1, source=source)
+    return lifecycle.finish(running, Phase.SUCCEEDED, "ok", NOW, result)
+
+
+def test_the_judges_digest_and_environment_are_recorded_beside_the_snapshot() -> None:
+    snapshot = Snapshot("agent = 1\n", "inline").status()
+    status = finished_with(snapshot, snapshot.sha256)
+    assert status.source is not None and status.source.tested_sha256 == snapshot.sha256
+    assert status.environment == ["strands-agents==1.2.3"]
+
+
+@pytest.mark.parametrize("reported", [None, "0" * 64])
+def test_no_package_unless_the_judge_ran_the_snapshot(reported: str | None) -> None:
+    # Refused before any S3 request: the bucket here does not exist.
+    snapshot = Snapshot("agent = 1\n", "inline").status()
+    test = AgentTest("u", "ns", "t", 1, SPEC, finished_with(snapshot, reported))
+    with pytest.raises(SourceUnavailable, match="not the snapshot's"):
+        asyncio.run(Publisher("no-such-bucket").tested_source(test))
+
+
+def test_no_package_for_an_attempt_without_a_snapshot() -> None:
+    test = AgentTest("u", "ns", "t", 1, SPEC, finished_with(None, "0" * 64))
+    with pytest.raises(SourceUnavailable, match="no snapshot"):
+        asyncio.run(Publisher("no-such-bucket").tested_source(test))
