@@ -23,7 +23,7 @@ from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
 from agenttest.publishing import PublishDeferred, Publisher, PublishRefused
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
-from agenttest.sources import SourceUnavailable, fetch_source, runner_config
+from agenttest.sources import SourceUnavailable, attempt_snapshot, runner_config, s3_grants
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +178,17 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
-        source = await fetch_source(test.spec.agent.source, test.namespace)
+        # Kept for the package when there will be one (sources.py says why).
+        publisher = rt.publisher if test.spec.package.enabled else None
+        store = publisher.snapshots if publisher is not None else None
+        grants = s3_grants(rt.settings.s3_source_allow)
+        snapshot = await attempt_snapshot(test, grants, store)
         execution_id = await executor.launch(
             LaunchRequest(
                 key=key,
                 namespace=test.namespace,
                 test_name=test.name,
-                runner_config=runner_config(test.spec, source),
+                runner_config=runner_config(test.spec, snapshot.text),
                 timeout_seconds=test.spec.timeout_seconds,
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,
@@ -202,7 +206,8 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
         return lifecycle.infra_failure(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
-    return lifecycle.launched(status, status.backend, execution_id, now)
+    launched = lifecycle.launched(status, status.backend, execution_id, now)
+    return launched.model_copy(update={"source": snapshot.status()})
 
 
 async def _read_all(
@@ -425,6 +430,8 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         return outcome(False, error.reason, error.message)
     except PublishDeferred:
         return status  # transient: the publisher logged it and backs off before the next try
+    except packaging.NotReproducible as error:
+        return outcome(False, "NotReproducible", str(error))
     except Exception as error:
         # S3 or the API server refused for now: the next step tries again.
         logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)

@@ -182,6 +182,10 @@ class RunnerResult:
     reason: str = ""
     summary: str = ""
     cases: list[CaseResult] = field(default_factory=list)
+    # What the package is made from (sources.py): the digest of the agent.py the
+    # judge ran, and the agent host's distributions.
+    source_sha256: str | None = None
+    environment: list[str] = field(default_factory=list)
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> RunnerResult:
@@ -192,6 +196,8 @@ class RunnerResult:
             reason=read.reason,
             summary=read.summary,
             cases=[CaseResult.model_validate(case) for case in read.cases],
+            source_sha256=read.source_sha256,
+            environment=list(read.environment),
         )
 
 
@@ -273,6 +279,10 @@ def finish(
         update["cases"] = result.cases
         update["cases_passed"] = f"{passed}/{len(result.cases)}" if result.cases else None
         update["summary"] = result.summary or f"{passed}/{len(result.cases)} cases passed"
+        update["environment"] = result.environment
+        if status.source is not None:
+            tested = {"tested_sha256": result.source_sha256}
+            update["source"] = status.source.model_copy(update=tested)
     else:
         update["summary"] = f"{phase.value}: {message}"
     return status.model_copy(update=update)

@@ -29,6 +29,12 @@ MAX_TIMEOUT_SECONDS = 600
 # A year: the expiry daemon sleeps this long at most (an unbounded integer
 # overflows the event loop's timer), and nobody keeps a finished test longer.
 MAX_TTL_SECONDS = 365 * 24 * 3600
+# One pip requirement: no whitespace (which would let one string carry a second
+# requirement or an option after it), no control, format or separator characters
+# (which could end the line in requirements.txt, or hide text in it), and no leading
+# "-" (a pip option such as --index-url). \p{...} reads the same in Rust's regex
+# (pydantic) and Go's RE2 (the API server).
+REQUIREMENT_PATTERN = r"^[^-\s\p{Z}\p{C}][^\s\p{Z}\p{C}]*$"
 
 
 def cel(
@@ -68,7 +74,11 @@ class ConfigMapSource(ApiModel):
 
 
 class S3Source(ApiModel):
-    """agent.py read from an S3 object."""
+    """agent.py read from an S3 object, with the operator's credentials.
+
+    Only objects under a bucket and prefix the operator is configured to allow
+    (AGENTTEST_S3_SOURCE_ALLOW) are read; any other ends the test in Error.
+    """
 
     uri: str = Field(
         pattern=r"^s3://[a-z0-9.\-]{3,63}/.+$",
@@ -116,10 +126,16 @@ class AgentSpec(ApiModel):
             "the configured model and returns an Agent."
         ),
     )
-    requirements: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+    requirements: list[
+        Annotated[str, Field(min_length=1, max_length=200, pattern=REQUIREMENT_PATTERN)]
+    ] = Field(
         default_factory=list,
         max_length=50,
-        description="Extra pip requirements installed before the run (phase Building).",
+        description=(
+            "Extra pip requirements installed before the run (phase Building), one "
+            "requirement each, e.g. requests>=2.31 or name@https://host/name.whl: no "
+            "whitespace, no control characters, no pip options."
+        ),
     )
 
 
@@ -378,6 +394,29 @@ class CaseResult(ApiModel):
     )
 
 
+class SourceSnapshot(ApiModel):
+    """The agent.py of this attempt, read once at its first launch."""
+
+    origin: str = Field(
+        description="Where it was read: inline, configMap NAME key KEY, or the s3:// URI."
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of agent.py (UTF-8) as snapshotted."
+    )
+    size_bytes: int = Field(ge=0, description="Its size in bytes.")
+    tested_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description=(
+            "SHA-256 of the agent.py the judge ran, from its signed result. A package is "
+            "made only when it equals sha256."
+        ),
+    )
+
+
+MAX_ENVIRONMENT = 400  # distributions in status.environment (protocol.ENVIRONMENT_LIMIT)
+
+
 class PackageRef(ApiModel):
     """The DeploymentPackage made from this test."""
 
@@ -429,6 +468,18 @@ class AgentTestStatus(ApiModel):
         description="Fingerprint of the spec fields that define a run; a change starts an attempt.",
     )
     package_ref: PackageRef | None = Field(default=None, description="The deployment package.")
+    source: SourceSnapshot | None = Field(
+        default=None, description="The agent.py this attempt runs, snapshotted at launch."
+    )
+    environment: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list,
+        max_length=MAX_ENVIRONMENT,
+        description=(
+            "Every distribution installed where the agent ran (name==version), as the judge "
+            "listed it after installing the requirements: the deployment package's "
+            "requirements.txt pins these."
+        ),
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Succeeded and (for passing tests) Packaged conditions.",

@@ -1,7 +1,9 @@
 """The deployment package of a passing AgentTest: its files, its zip, its place in S3.
 
-A package holds the tested agent.py unchanged, a FastAPI service around it, a pinned
-requirements.txt, a Dockerfile, a CDK app that deploys the image to ECS Fargate, a
+A package holds the tested agent.py unchanged (the attempt's snapshot, sources.py), a
+FastAPI service around it, a requirements.txt pinned to the distributions the run had
+(the judge lists them in its signed result; the operator's own versions play no part),
+a Dockerfile, a CDK app that deploys the image to ECS Fargate, a
 README and a manifest.json with every file's SHA-256. Everything here is pure: the
 files are a function of a PackageInput and the templates in ``templates/package/``,
 and the zip is a function of the files, so a retried upload produces the same bytes
@@ -18,6 +20,7 @@ import io
 import json
 import os
 import re
+import unicodedata
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from agenttest.runner.protocol import ENVIRONMENT_ENTRY_LIMIT, PIN
 
 TEMPLATES_DIR_ENV = "AGENTTEST_TEMPLATES_DIR"
 # Where the templates are in a source checkout: <repo>/templates/package. An installed
@@ -42,17 +47,18 @@ MAX_PACKAGE_BYTES = 50 * 1024 * 1024
 # Same minor version as runner.Dockerfile's base image: the agent runs where it was tested.
 PYTHON_VERSION = "3.11"
 
-# Pinned into requirements.txt. Versions come from the operator's own environment
-# (built from the same pyproject.toml as the runner image); the fallbacks cover
-# packages the operator does not install itself (fastapi and uvicorn are only a
-# development dependency here) and are versions the package's service is tested with.
-PINNED_PACKAGES = ("strands-agents", "fastapi", "uvicorn", "ollama")
+# The service around the agent (app.py) needs these; the run had no service, so
+# where the run's environment does not list one, its version comes from the
+# operator's own environment, else the fallback (fastapi and uvicorn are only a
+# development dependency here): versions the package's service is tested with.
+SERVICE_PACKAGES = ("fastapi", "uvicorn", "ollama")
 FALLBACK_VERSIONS: Mapping[str, str] = {
-    "strands-agents": "1.62.0",
     "fastapi": "0.165.0",
     "uvicorn": "0.54.0",
     "ollama": "0.6.3",
 }
+# The run's environment must hold this, or it is not the environment of a Strands agent.
+AGENT_FRAMEWORK = "strands-agents"
 
 PROVIDERS = ("ollama", "bedrock")
 
@@ -64,14 +70,33 @@ ZIP_COMPRESS_LEVEL = 9
 
 
 def installed_versions() -> dict[str, str]:
-    """The version of each pinned package installed here, else its fallback."""
+    """The version of each service package installed here, else its fallback."""
     versions: dict[str, str] = {}
-    for package in PINNED_PACKAGES:
+    for package in SERVICE_PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = FALLBACK_VERSIONS[package]
     return versions
+
+
+def single_requirement(text: str) -> bool:
+    """models.REQUIREMENT_PATTERN in Python's terms: no whitespace, separator, control
+    or format character, and no leading "-"."""
+    return (
+        bool(text)
+        and not text.startswith("-")
+        and not any(char.isspace() or unicodedata.category(char)[0] in "CZ" for char in text)
+    )
+
+
+class NotReproducible(ValueError):
+    """The run did not say what it ran with, so no package could pin it."""
+
+
+def distribution_name(pin: str) -> str:
+    """The PEP 503 normalized name of a ``name==version`` pin."""
+    return re.sub(r"[-_.]+", "-", pin.partition("==")[0]).lower()
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,7 @@ class PackageInput:
     uid: str
     attempt: int
     tested_at: str
+    environment: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=installed_versions)
 
     def __post_init__(self) -> None:
@@ -112,14 +138,26 @@ class PackageInput:
             raise ValueError(f"entrypoint {self.entrypoint!r} is not a Python identifier")
         for requirement in self.requirements:
             # One requirement per line, and no pip options (--index-url ...): the
-            # runner refuses both, so a tested agent never has them.
-            if "\n" in requirement or "\r" in requirement or requirement.lstrip().startswith("-"):
+            # API server refuses both (models.REQUIREMENT_PATTERN), so a tested agent
+            # never has them.
+            if not single_requirement(requirement):
                 raise ValueError(f"requirement {requirement!r} is not a single requirement")
         if self.attempt < 1:
             raise ValueError("attempt must be 1 or more")
-        missing = [p for p in PINNED_PACKAGES if p not in self.versions]
+        missing = [p for p in SERVICE_PACKAGES if p not in self.versions]
         if missing:
             raise ValueError(f"versions is missing {', '.join(missing)}")
+        if not self.environment:
+            raise NotReproducible(
+                "the run reported no installed distributions (a runner image older than "
+                "the operator, or more than the judge reports): nothing to pin the package to"
+            )
+        for pin in self.environment:
+            # Each becomes a line of requirements.txt: only name==version may.
+            if len(pin) > ENVIRONMENT_ENTRY_LIMIT or not PIN.match(pin):
+                raise NotReproducible(f"environment entry {pin!r} is not name==version")
+        if AGENT_FRAMEWORK not in {distribution_name(pin) for pin in self.environment}:
+            raise NotReproducible(f"the run's environment does not list {AGENT_FRAMEWORK}")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -191,9 +229,18 @@ def _case_results(inp: PackageInput) -> list[dict[str, Any]]:
     ]
 
 
+def service_pins(inp: PackageInput) -> list[str]:
+    """What app.py needs beyond the run's environment, pinned (ollama for ollama only)."""
+    needed = [p for p in SERVICE_PACKAGES if p != "ollama" or inp.model["provider"] == "ollama"]
+    tested = {distribution_name(pin) for pin in inp.environment}
+    return [f"{p}=={inp.versions[p]}" for p in needed if p not in tested]
+
+
 def template_context(inp: PackageInput) -> dict[str, Any]:
     """The variables every template sees."""
     return {
+        "environment": list(inp.environment),
+        "service_pins": service_pins(inp),
         "entrypoint": inp.entrypoint,
         "requirements": list(inp.requirements),
         "model": _model_info(inp),

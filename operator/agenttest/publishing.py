@@ -12,6 +12,11 @@ cannot be rendered, a name taken by another test); the test gets
 `Packaged=False` with the reason, once. Anything else (throttling, 5xx, a lost
 connection) is retried, each test's retries spaced by a growing backoff
 (`PublishDeferred` while it waits).
+
+What goes in is what was tested: agent.py is the attempt's snapshot read back from
+the bucket (sources.SnapshotStore) and verified against ``status.source``, never the
+source read again, and requirements.txt pins ``status.environment``, the
+distributions the judge listed where the agent ran.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from agenttest.models import (
     DeploymentPackageStatus,
 )
 from agenttest.objects import owned_metadata, test_label
-from agenttest.sources import SourceUnavailable, fetch_source
+from agenttest.sources import SnapshotStore, SourceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +148,7 @@ def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.Pac
         agent_source=source,
         entrypoint=test.spec.agent.entrypoint,
         requirements=list(test.spec.agent.requirements),
+        environment=list(test.status.environment),
         model=test.spec.model.wire(),
         cases=[case.wire() for case in test.status.cases],
         summary=test.status.summary or "",
@@ -213,6 +219,8 @@ class Publisher:
         self._s3: Any = None
         # (uid, attempt) -> (transient failures in a row, not before): the backoff.
         self._failures: dict[tuple[str, int], tuple[int, datetime.datetime]] = {}
+        # Each attempt's agent.py, kept at launch beside where its package goes.
+        self.snapshots = SnapshotStore(bucket, prefix)
 
     def _client(self) -> Any:
         if self._s3 is None:
@@ -263,6 +271,21 @@ class Publisher:
         key = packaging.object_key(test.namespace, test.name, test.uid, status.attempt, self.prefix)
         return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key)
 
+    async def tested_source(self, test: AgentTest) -> str:
+        """The agent.py the judge ran, from the attempt's snapshot; SourceUnavailable if unsure."""
+        source = test.status.source
+        if source is None:
+            raise SourceUnavailable("the attempt recorded no snapshot of its agent.py")
+        if source.tested_sha256 != source.sha256:
+            ran = source.tested_sha256 or "an unreported one"
+            raise SourceUnavailable(
+                f"the judge ran an agent.py with sha256 {ran}, not the snapshot's "
+                f"{source.sha256}: the package could not hold what was tested"
+            )
+        return await self.snapshots.read(
+            test.namespace, test.name, test.uid, test.status.attempt, source.sha256
+        )
+
     async def publish(self, test: AgentTest, now: datetime.datetime) -> Published:
         """Upload and record the package; PublishRefused for good, PublishDeferred for now.
 
@@ -274,7 +297,12 @@ class Publisher:
             raise PublishDeferred(not_before, "waiting after an earlier failure")
         try:
             published = await self._publish(test, now)
-        except (PublishRefused, packaging.PackageTooLarge, SourceUnavailable):
+        except (
+            PublishRefused,
+            packaging.PackageTooLarge,
+            packaging.NotReproducible,
+            SourceUnavailable,
+        ):
             self._failures.pop(attempt, None)
             raise
         except Exception as error:
@@ -294,10 +322,10 @@ class Publisher:
         return published
 
     async def _publish(self, test: AgentTest, now: datetime.datetime) -> Published:
-        source = await fetch_source(test.spec.agent.source, test.namespace)
+        source = await self.tested_source(test)
         try:
             built = self.build(test, source, now)
-        except packaging.PackageTooLarge:
+        except (packaging.PackageTooLarge, packaging.NotReproducible):
             raise
         except (ValueError, TypeError, OSError, jinja2.TemplateError) as error:
             # The same inputs render the same way on every try.

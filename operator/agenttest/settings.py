@@ -78,6 +78,14 @@ class Settings:
     package_prefix: str = "packages/"
     # Packages over this size are refused (Packaged=False, PackageTooLarge).
     package_max_bytes: int = 50 * 1024 * 1024
+    # S3 objects an AgentTest may name as spec.agent.source.s3: the operator reads
+    # them with its own credentials, so without this list anyone who may create an
+    # AgentTest could have it read any object the operator can (and see it run).
+    # Comma-separated entries, each s3://bucket/prefix (any namespace) or
+    # namespace=s3://bucket/prefix (that namespace only); a prefix matches as in S3
+    # and IAM, so end it with "/" for a folder. Empty (the default): no S3 source.
+    # Checked at start (sources.s3_grants): a bad entry stops the operator.
+    s3_source_allow: tuple[str, ...] = ()
     # Where the operator keeps the secret every execution's signing key is derived
     # from: a Secret of this name in this namespace (empty: the namespace the
     # operator runs in, else agenttest-system). Made on first start.

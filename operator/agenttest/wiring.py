@@ -6,7 +6,7 @@ that what runs where is read in one place.
 
 from __future__ import annotations
 
-from agenttest import kubeapi, runkeys
+from agenttest import kubeapi, runkeys, sources
 from agenttest.backends.base import Executor
 from agenttest.controller import Runtime
 from agenttest.models import Backend
@@ -46,6 +46,9 @@ def publisher(settings: Settings) -> Publisher | None:
 
 async def runtime(settings: Settings) -> Runtime:
     """Everything the handlers need; talks to the API server for the signing secret."""
+    # A bad AGENTTEST_S3_SOURCE_ALLOW entry stops the operator here, at start, rather
+    # than refusing every S3 source later with a message that blames the test.
+    sources.s3_grants(settings.s3_source_allow)
     kubeapi.load_config()
     namespace = runkeys.operator_namespace(settings.operator_namespace)
     return Runtime(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,9 @@ def test_oversize_package_gets_a_clear_condition_and_no_object(
     listed = aws.client("s3").list_objects_v2(
         Bucket=aws.bucket, Prefix=f"packages/{kube.namespace}"
     )
-    assert listed.get("KeyCount", 0) == 0
+    # Only the attempt's agent.py, kept at launch; no zip.
+    keys = [entry["Key"] for entry in listed.get("Contents", [])]
+    assert [key.rsplit("/", 2)[-2:] for key in keys] == [["source", "agent.py"]]
 
 
 def test_second_attempt_second_package_and_deletion_collects_both(
@@ -226,7 +229,7 @@ def test_a_missing_key_answered_403_counts_as_absent(
     assert head["Metadata"]["sha256"] == package["spec"]["sha256"]
 
 
-def test_an_upload_the_policy_refuses_ends_packaged_false_once(
+def test_a_prefix_the_policy_refuses_ends_packaged_false_once(
     kube: Kube,
     start_policed_operator: Callable[..., Operator],
     policed: S3PolicyProxy,
@@ -238,8 +241,10 @@ def test_an_upload_the_policy_refuses_ends_packaged_false_once(
     assert status["phase"] == "Succeeded"
     packaged = condition(status, "Packaged")
     assert packaged is not None
-    assert (packaged["status"], packaged["reason"]) == ("False", "UploadRefused"), packaged
-    assert "AccessDenied" in packaged["message"] and "elsewhere/" in packaged["message"]
+    # The policy first refuses keeping the tested agent.py at launch: the test still
+    # runs and passes, and with nothing kept there is nothing to package.
+    assert (packaged["status"], packaged["reason"]) == ("False", "SourceUnavailable"), packaged
+    assert "elsewhere/" in packaged["message"]
     # Refused for good: tried once, not again at every step.
     assert policed.count("PUT") == 1
     assert packages(kube) == []
@@ -259,7 +264,7 @@ def test_a_throttled_upload_is_retried_until_it_lands(
     packaged = condition(status, "Packaged")
     assert packaged is not None and packaged["status"] == "True", packaged
     assert policed.count("PUT", 503) == 7
-    assert policed.count("PUT", 200) == 1
+    assert policed.count("PUT", 200) == 2  # the agent.py kept at launch, then the package
     assert [p["metadata"]["name"] for p in packages(kube)] == ["throttled-a1"]
 
 
@@ -299,3 +304,211 @@ def test_a_package_that_cannot_render_ends_packaged_false(
     assert (packaged["status"], packaged["reason"]) == ("False", "RenderFailed"), packaged
     assert "no_such_variable" in packaged["message"]
     assert packages(kube) == []
+
+
+def gated_agent(directory: Path, marker: str) -> str:
+    """An agent that says it started, then waits for the test's go-ahead before answering.
+
+    ``marker`` makes two versions of it differ in their bytes and nothing else.
+    """
+    return f"""# version: {marker}
+import os, time
+from strands import Agent
+
+open(os.path.join({str(directory)!r}, "started"), "w").close()
+while not os.path.exists(os.path.join({str(directory)!r}, "go")):
+    time.sleep(0.05)
+
+def agent(model):
+    return Agent(model=model, system_prompt="Be brief.")
+"""
+
+
+def package_files(aws: AwsEnvironment, package: dict[str, Any]) -> zipfile.ZipFile:
+    spec = package["spec"]
+    body = aws.client("s3").get_object(Bucket=spec["bucket"], Key=spec["key"])["Body"].read()
+    return zipfile.ZipFile(io.BytesIO(body))
+
+
+def test_package_holds_the_source_that_ran_when_its_config_map_changes_mid_run(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_publishing_operator()
+    tested, edited = gated_agent(tmp_path, "tested"), gated_agent(tmp_path, "edited later")
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "agent-code"},
+        "data": {"agent.py": tested},
+    }
+    kube.apply(config_map)
+    test = agent_test("edited", "", model_server.url)
+    test["spec"]["agent"]["source"] = {"configMapRef": {"name": "agent-code"}}
+    kube.apply(test)
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    kube.apply({**config_map, "data": {"agent.py": edited}})
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "edited")
+    assert status["phase"] == "Succeeded", status.get("message")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    assert package_files(aws, package).read("agent.py").decode() == tested
+    digest = hashlib.sha256(tested.encode()).hexdigest()
+    assert status["source"]["sha256"] == digest
+
+
+def from_config_map(kube: Kube, name: str, source: str, endpoint: str) -> dict[str, Any]:
+    """Apply a ConfigMap holding ``source``; return an AgentTest that reads it."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-code"},
+            "data": {"agent.py": source},
+        }
+    )
+    test = agent_test(name, "", endpoint)
+    test["spec"]["agent"]["source"] = {"configMapRef": {"name": f"{name}-code"}}
+    return test
+
+
+def test_a_restarted_operator_packages_the_source_that_ran(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    tested, edited = gated_agent(tmp_path, "tested"), gated_agent(tmp_path, "edited later")
+    operator = start_publishing_operator()
+    kube.apply(from_config_map(kube, "restarted", tested, model_server.url))
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    # The operator dies mid-run; the source changes before another one takes over.
+    operator.kill()
+    from_config_map(kube, "restarted", edited, model_server.url)
+    start_publishing_operator()
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "restarted")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    [package] = packages(kube)
+    assert package_files(aws, package).read("agent.py").decode() == tested
+    assert status["source"]["testedSha256"] == hashlib.sha256(tested.encode()).hexdigest()
+
+
+def test_a_snapshot_changed_after_the_run_is_not_packaged(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_publishing_operator()
+    kube.apply(agent_test("swapped", gated_agent(tmp_path, "tested"), model_server.url))
+    kube.wait_for("the agent to start", lambda: (tmp_path / "started").exists())
+    uid = kube.get("swapped")["metadata"]["uid"]
+    key = f"packages/{kube.namespace}/swapped/{uid}/attempt-1/source/agent.py"
+    aws.client("s3").put_object(Bucket=aws.bucket, Key=key, Body=b"import os  # not what ran\n")
+    (tmp_path / "go").touch()
+
+    status = wait_packaged(kube, "swapped")
+    assert status["phase"] == "Succeeded"
+    packaged = condition(status, "Packaged")
+    assert packaged is not None
+    assert (packaged["status"], packaged["reason"]) == ("False", "SourceUnavailable")
+    assert "not the tested" in packaged["message"]
+    assert packages(kube) == []
+
+
+def tiny_wheel(directory: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel built by hand: installable with no index and no build step."""
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def test_package_pins_the_versions_the_run_installed(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    # A distribution the operator does not have: only the run can know its version.
+    wheel = tiny_wheel(tmp_path, "tinypin", "4.5.6")
+    test = agent_test("pinned", "import tinypin\n" + SIMPLE_AGENT, model_server.url)
+    test["spec"]["agent"]["requirements"] = [f"tinypin@{wheel.as_uri()}"]
+    start_publishing_operator()
+    kube.apply(test)
+
+    status = wait_packaged(kube, "pinned")
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "tinypin==4.5.6" in status["environment"]
+    [package] = packages(kube)
+    lines = package_files(aws, package).read("requirements.txt").decode().splitlines()
+    assert "tinypin==4.5.6" in lines
+    # The framework at the version the run imported, beside the agent's own requirement.
+    assert f"strands-agents=={metadata.version('strands-agents')}" in lines
+    assert f"tinypin@{wheel.as_uri()}" in lines
+    assert not any(line.startswith(("agenttest-operator", "pip==")) for line in lines)
+
+
+def from_s3(name: str, uri: str, endpoint: str) -> dict[str, Any]:
+    test = agent_test(name, "", endpoint)
+    test["spec"]["agent"]["source"] = {"s3": {"uri": uri}}
+    return test
+
+
+def test_s3_sources_are_read_only_where_the_operator_allows(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="agent-sources")
+    for key in ("team/agent.py", "private/agent.py", "other-team/agent.py"):
+        s3.put_object(Bucket="agent-sources", Key=key, Body=SIMPLE_AGENT.encode())
+    # One prefix for every namespace, one for this test's namespace only, and one
+    # granted to another namespace, which this one must not get.
+    start_publishing_operator(
+        s3_source_allow=(
+            "s3://agent-sources/team/,"
+            f"{kube.namespace}=s3://agent-sources/other-team/,"
+            "elsewhere=s3://agent-sources/private/"
+        )
+    )
+    kube.apply(
+        from_s3("allowed", "s3://agent-sources/team/agent.py", model_server.url),
+        from_s3("mine", "s3://agent-sources/other-team/agent.py", model_server.url),
+        from_s3("theirs", "s3://agent-sources/private/agent.py", model_server.url),
+        from_s3("prefix-lookalike", "s3://agent-sources/team-b/agent.py", model_server.url),
+    )
+    for name in ("allowed", "mine"):
+        status = wait_packaged(kube, name)
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert status["source"]["origin"].startswith("s3://agent-sources/")
+    for name in ("theirs", "prefix-lookalike"):
+        status = kube.wait_for_phase(name, "Error", "Succeeded", "Failed")["status"]
+        assert status["phase"] == "Error"
+        assert "AGENTTEST_S3_SOURCE_ALLOW" in status["message"]
+    [allowed] = [p for p in packages(kube) if p["metadata"]["name"] == "allowed-a1"]
+    assert package_files(aws, allowed).read("agent.py").decode() == SIMPLE_AGENT

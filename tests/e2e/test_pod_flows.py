@@ -8,6 +8,8 @@ server. The namespace enforces the restricted Pod Security profile.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from agenttest.runner.protocol import RUN_KEY_ENV
 from agenttest_dev import devcluster
+from agenttest_dev.fargate import AwsEnvironment
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest_dev.node import FakeKubelet
 
@@ -67,10 +70,12 @@ def runner_pods(kube: Kube, test: str) -> list[dict[str, Any]]:
     return [p for p in pods if p["metadata"].get("labels", {}).get("agenttest.dev/test") == test]
 
 
-def config_maps(kube: Kube, test: str) -> list[dict[str, Any]]:
+def execution_objects(kube: Kube, test: str) -> list[dict[str, Any]]:
+    """The Secrets (key, configuration) and any ConfigMaps an execution of ``test`` left."""
     return [
         c
-        for c in kube.get_all("configmaps")
+        for kind in ("configmaps", "secrets")
+        for c in kube.get_all(kind)
         if c["metadata"].get("labels", {}).get("agenttest.dev/test") == test
     ]
 
@@ -95,7 +100,7 @@ def test_pod_test_succeeds_and_kubectl_logs_shows_the_runner(
     assert logs.strip().splitlines()[-1].startswith("::agenttest:: ")
 
 
-def test_timeout_cancel_and_deletion_remove_pod_and_config_map(
+def test_timeout_cancel_and_deletion_remove_pod_and_secret(
     restricted: Kube,
     kubelet: FakeKubelet,
     start_operator: StartOperator,
@@ -133,8 +138,8 @@ def test_timeout_cancel_and_deletion_remove_pod_and_config_map(
     )
     for name in ("slow", "cancel-me", "delete-me"):
         kube.wait_for(
-            f"{name}'s pod and config map to be gone",
-            lambda n=name: not runner_pods(kube, n) and not config_maps(kube, n),
+            f"{name}'s pod and secret to be gone",
+            lambda n=name: not runner_pods(kube, n) and not execution_objects(kube, n),
         )
     assert len(kubelet.pods()) == 3
     assert all(kubelet.killed(ns, name) for ns, name in kubelet.pods())
@@ -218,3 +223,35 @@ def test_no_agent_forges_its_verdict_on_the_pod_backend(
             for env in pod["spec"]["containers"][0]["env"]
             if env["name"] == RUN_KEY_ENV
         )
+
+
+def test_agent_code_read_from_s3_reaches_the_pod_through_a_secret_only(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    # The operator read the object with its own credentials: nobody who may only
+    # view the namespace (ConfigMaps, not Secrets) may read it through the runner.
+    kube = restricted
+    marker = "# private-agent-7f3a: only the operator may read this object"
+    with AwsEnvironment() as aws:
+        aws.client("s3").create_bucket(Bucket="agent-sources")
+        aws.client("s3").put_object(
+            Bucket="agent-sources", Key="team/agent.py", Body=f"{marker}\n{SIMPLE_AGENT}".encode()
+        )
+        start_operator(extra_env=aws.env(), s3_source_allow="s3://agent-sources/team/")
+        test = on_pod("from-s3", "", model_server.url)
+        test["spec"]["agent"]["source"] = {"s3": {"uri": "s3://agent-sources/team/agent.py"}}
+        kube.apply(test)
+        status = kube.wait_for_phase("from-s3", "Succeeded", "Failed", "Error")["status"]
+        assert status["phase"] == "Succeeded", status.get("message")
+
+    [pod] = runner_pods(kube, "from-s3")
+    assert not any("configMap" in volume for volume in pod["spec"]["volumes"])
+    assert not any(marker in json.dumps(c.get("data", {})) for c in kube.get_all("configmaps"))
+    secret = kube.get(pod["metadata"]["name"], "secret")
+    config = json.loads(base64.b64decode(secret["data"]["config.json"]))
+    assert config["agentSource"].startswith(marker)
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("AgentTest", "from-s3")

@@ -30,6 +30,15 @@ def case(name: str) -> dict[str, Any]:
     return {"name": name, "query": "hi"}
 
 
+def with_requirements(*requirements: str) -> dict[str, Any]:
+    return with_spec(agent={"source": {"inline": SOURCE}, "requirements": list(requirements)})
+
+
+# The API server names the item it refuses.
+REQ_0 = "spec.agent.requirements[0] in body should match"
+REQ_1 = "spec.agent.requirements[1] in body should match"
+
+
 INVALID = {
     "timeout too long": (with_spec(timeoutSeconds=601), "spec.timeoutSeconds"),
     "timeout zero": (with_spec(timeoutSeconds=0), "spec.timeoutSeconds"),
@@ -57,6 +66,13 @@ INVALID = {
         with_spec(agent={"source": {}}),
         "spec.agent.source must set exactly one of inline, configMapRef or s3",
     ),
+    # One requirement per string: whitespace would smuggle a second requirement or a
+    # pip option in after it, a line break a line of its own into requirements.txt.
+    "requirement with a space": (with_requirements("ok==1", "x --index-url=http://e"), REQ_1),
+    "requirement with a newline": (with_requirements("x\n--index-url=http://e"), REQ_0),
+    "requirement with a tab": (with_requirements("x\t==1"), REQ_0),
+    "requirement with a bidi override": (with_requirements("x\u202e==1"), REQ_0),
+    "requirement that is a pip option": (with_requirements("--extra-index-url=http://e"), REQ_0),
 }
 
 
@@ -77,6 +93,12 @@ def test_inline_source_over_256_kib_is_refused(kube: Kube) -> None:
     result = kube.apply(with_spec(agent={"source": {"inline": big}}), check=False, server_side=True)
     assert result.returncode != 0
     assert "spec.agent.source.inline: Too long" in result.stderr
+
+
+def test_single_requirements_of_every_form_are_accepted(kube: Kube) -> None:
+    forms = ["requests>=2.31,<3", "pkg[extra]==1.0;python_version>='3.11'", "x@https://h/x.whl"]
+    kube.apply(with_requirements(*forms))
+    assert kube.get("valid")["spec"]["agent"]["requirements"] == forms
 
 
 def test_valid_spec_is_accepted_with_defaults(kube: Kube) -> None:

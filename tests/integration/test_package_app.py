@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ def sample_input(**changes: Any) -> PackageInput:
         uid="6f1c2a9e-0000-4000-8000-000000000001",
         attempt=1,
         tested_at="2025-06-01T12:00:00Z",
+        # As a run in this environment would list it (status.environment).
+        environment=[f"strands-agents=={metadata.version('strands-agents')}"],
     )
     return dataclasses.replace(inp, **changes)
 

@@ -10,6 +10,7 @@ import pytest
 
 from agenttest.models import AgentTest
 from agenttest.publishing import PublishDeferred, Publisher
+from agenttest.sources import Snapshot
 from agenttest_dev.fargate import AwsEnvironment
 
 from s3policy import S3PolicyProxy
@@ -26,7 +27,11 @@ def policed(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AwsEnvironment, S
         yield aws, proxy
 
 
+TESTED = Snapshot(SIMPLE_AGENT, "inline")
+
+
 def passed_test() -> AgentTest:
+    """A test that passed, whose agent.py snapshot and environment the run recorded."""
     return AgentTest.from_body(
         {
             "metadata": {"uid": "0123456789abcdef-uid-0123456789ab", "namespace": "ns"}
@@ -41,6 +46,9 @@ def passed_test() -> AgentTest:
                 "attempt": 1,
                 "cases": [{"name": "greets", "passed": True}],
                 "summary": "1/1 cases passed",
+                "source": {"origin": "inline", "sha256": TESTED.sha256}
+                | {"sizeBytes": len(TESTED.data), "testedSha256": TESTED.sha256},
+                "environment": ["strands-agents==1.0.0"],
             },
         }
     )
@@ -50,9 +58,11 @@ def test_a_failed_upload_waits_out_its_backoff_before_s3_hears_of_it_again(
     policed: tuple[AwsEnvironment, S3PolicyProxy],
 ) -> None:
     _, proxy = policed
-    proxy.fail_next("PUT", 1000, 503, "SlowDown")
     publisher = Publisher(AwsEnvironment.bucket)
     test = passed_test()
+    # Kept at launch, as the controller does; only the package's upload fails.
+    asyncio.run(publisher.snapshots.keep("ns", "ships", test.uid, 1, TESTED))
+    proxy.fail_next("PUT", 1000, 503, "SlowDown")
 
     def publish(at: datetime.datetime) -> PublishDeferred:
         with pytest.raises(PublishDeferred) as deferred:

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from agenttest.runner import confine
+from agenttest.runner import confine, requirements
 from agenttest.runner.channel import MAX_MESSAGE, Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.protocol import (
     MACHINE_PREFIX,
@@ -233,13 +234,63 @@ def test_a_result_line_of_fifty_long_answers_stays_one_line_for_every_log_pipeli
 
 
 def test_the_result_event_reads_back_what_the_judge_writes_and_nothing_else() -> None:
-    written = RunResult(True, "", 1, (CaseOutcome("a", True, 0.5, "hello"),)).to_json()
+    digest = "ab" * 32
+    written = RunResult(
+        True,
+        "",
+        1,
+        (CaseOutcome("a", True, 0.5, "hello"),),
+        source_sha256=digest,
+        environment=("strands-agents==1.2.3", "tinydep==1.0"),
+    ).to_json()
     read = ResultEvent.parse(written)
     assert (read.passed, read.summary, read.cases[0]["name"]) == (True, "1/1 cases passed", "a")
+    assert read.source_sha256 == digest
+    assert read.environment == ("strands-agents==1.2.3", "tinydep==1.0")
     for broken, field in (
         ({**written, "passed": "yes"}, "passed"),
         ({**written, "cases": [42]}, "cases"),
         ({**written, "event": "phase"}, "not a result"),
+        ({**written, "sourceSha256": "abc"}, "sourceSha256"),
+        # Each entry becomes a requirements.txt line: name==version and nothing else.
+        ({**written, "environment": ["ok==1", "x==1\n--index-url=http://e"]}, "environment"),
+        ({**written, "environment": ["x @ https://e/x.whl"]}, "environment"),
+        ({**written, "environment": [f"p{n}==1" for n in range(401)]}, "environment"),
     ):
         with pytest.raises(ValueError, match=field):
             ResultEvent.parse(broken)
+
+
+def _dist_info(site: Path, name: str, metadata_text: str) -> Path:
+    info = site / f"{name}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(metadata_text)
+    return info
+
+
+def test_the_environment_listing_reads_untrusted_metadata_without_following_anything(
+    tmp_path: Path,
+) -> None:
+    # What pip's build scripts (untrusted code) could leave in the requirements directory.
+    site = tmp_path / "site"
+    secret = tmp_path / "judge-only"
+    secret.write_text("Name: leaked\nVersion: 1.0\n")
+    _dist_info(site, "good-1.0", "Metadata-Version: 2.1\nName: good\nVersion: 1.0\n\nName: x\n")
+    _dist_info(site, "two-lines-1.0", "Name: two\nVersion: 1.0\\n--index-url=http://e\n")
+    _dist_info(site, "spaced-1.0", "Name: spaced name\nVersion: 1.0\n")
+    linked = site / "linked-1.0.dist-info"
+    linked.mkdir()
+    (linked / "METADATA").symlink_to(secret)
+    (site / "dirlink-1.0.dist-info").symlink_to(secret.parent / "elsewhere.dist-info")
+    _dist_info(tmp_path, "elsewhere", "Name: elsewhere\nVersion: 1.0\n")
+    fifo = site / "fifo-1.0.dist-info"
+    fifo.mkdir()
+    os.mkfifo(fifo / "METADATA")  # opening it for reading would block the judge
+    # The same name on the runner's path: the agent host imports the requirement's first.
+    runner = tmp_path / "runner"
+    _dist_info(runner, "good-0.9", "Name: good\nVersion: 0.9\n")
+    _dist_info(runner, "pip-24.0", "Name: pip\nVersion: 24.0\n")
+    _dist_info(runner, "agenttest_operator-0.1.0", "Name: agenttest-operator\nVersion: 0.1.0\n")
+    _dist_info(runner, "Strands_Agents-1.2.3", "Name: Strands_Agents\nVersion: 1.2.3\n")
+
+    assert requirements.environment(site, [str(runner)]) == ["good==1.0", "Strands_Agents==1.2.3"]

@@ -27,7 +27,9 @@ from agenttest.packaging import PackageInput
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests" / "samples" / "agenttest.yaml"
 
-VERSIONS = {"strands-agents": "1.2.3", "fastapi": "0.115.0", "uvicorn": "0.30.1", "ollama": "0.4.0"}
+VERSIONS = {"fastapi": "0.115.0", "uvicorn": "0.30.1", "ollama": "0.4.0"}
+# What the judge listed where the agent ran (status.environment).
+ENVIRONMENT = ["boto3==1.40.1", "ollama==0.5.9", "requests==2.32.4", "strands-agents==1.2.3"]
 BEDROCK = {
     "provider": "bedrock",
     "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
@@ -54,7 +56,7 @@ def sample_input(**changes: Any) -> PackageInput:
     inp = PackageInput(
         agent_source=spec["agent"]["source"]["inline"],
         entrypoint=spec["agent"]["entrypoint"],
-        requirements=["strands-agents-tools==0.2.1", "requests>=2.31 ; python_version >= '3.11'"],
+        requirements=["strands-agents-tools==0.2.1", "requests>=2.31;python_version>='3.11'"],
         model=spec["model"],
         cases=[
             {"name": "greets", "passed": True, "latencySeconds": 0.42},
@@ -66,6 +68,7 @@ def sample_input(**changes: Any) -> PackageInput:
         uid="6f1c2a9e-0000-4000-8000-000000000001",
         attempt=2,
         tested_at="2025-06-01T12:00:00Z",
+        environment=ENVIRONMENT,
         versions=VERSIONS,
     )
     return dataclasses.replace(inp, **changes)
@@ -216,20 +219,26 @@ def test_missing_templates_dir_says_which_setting_to_fix(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- requirements
 
 
-def test_requirements_are_pinned_and_the_agents_own_verbatim() -> None:
+def test_requirements_pin_what_the_run_had_then_the_service_then_the_agents_own() -> None:
     lines = requirement_lines(packaging.render(sample_input())["requirements.txt"])
     assert lines == [
+        # the run's environment, not the operator's versions (its ollama is not 0.4.0)
+        "boto3==1.40.1",
+        "ollama==0.5.9",
+        "requests==2.32.4",
         "strands-agents==1.2.3",
+        # app.py's own, which the run did not have
         "fastapi==0.115.0",
         "uvicorn==0.30.1",
-        "ollama==0.4.0",
         "strands-agents-tools==0.2.1",
-        "requests>=2.31 ; python_version >= '3.11'",
+        "requests>=2.31;python_version>='3.11'",
     ]
 
 
-def test_bedrock_package_has_no_ollama_and_defaults_to_bedrock() -> None:
-    files = packaging.render(sample_input(model=BEDROCK))
+def test_bedrock_package_adds_no_ollama_and_defaults_to_bedrock() -> None:
+    # The service needs no ollama for bedrock; only a run that had it pins it.
+    without = [pin for pin in ENVIRONMENT if not pin.startswith("ollama")]
+    files = packaging.render(sample_input(model=BEDROCK, environment=without))
     assert not any(
         line.startswith("ollama") for line in requirement_lines(files["requirements.txt"])
     )
@@ -254,9 +263,9 @@ def test_ollama_package_defaults_to_the_tested_endpoint() -> None:
     )
 
 
-def test_installed_versions_cover_every_pinned_package() -> None:
+def test_installed_versions_cover_every_service_package() -> None:
     versions = packaging.installed_versions()
-    assert set(versions) == set(packaging.PINNED_PACKAGES)
+    assert set(versions) == set(packaging.SERVICE_PACKAGES)
     assert all(re.fullmatch(r"\d+(\.\d+)+\S*", v) for v in versions.values()), versions
 
 
@@ -270,7 +279,14 @@ def test_installed_versions_cover_every_pinned_package() -> None:
         ({"requirements": ["ok==1\n--index-url http://elsewhere"]}, "single requirement"),
         ({"requirements": ["--extra-index-url=http://elsewhere"]}, "single requirement"),
         ({"attempt": 0}, "attempt"),
-        ({"versions": {"strands-agents": "1.0"}}, "fastapi"),
+        ({"requirements": ["requests >=2"]}, "single requirement"),
+        ({"requirements": ["requests\u2028>=2"]}, "single requirement"),
+        ({"versions": {"uvicorn": "1.0"}}, "fastapi"),
+        ({"environment": []}, "no installed distributions"),
+        # Each entry is a line of requirements.txt: nothing but name==version gets there.
+        ({"environment": [*ENVIRONMENT, "x==1\n--index-url=http://elsewhere"]}, "not name=="),
+        ({"environment": [*ENVIRONMENT, "x @ https://elsewhere/x.whl"]}, "not name=="),
+        ({"environment": ["boto3==1.40.1"]}, "does not list strands-agents"),
     ],
 )
 def test_bad_input_is_refused(changes: dict[str, Any], message: str) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agenttest.backends.pod import (
-    config_map_manifest,
+    execution_secret_manifest,
     pod_manifest,
     pod_observation,
     split_timestamped,
@@ -45,9 +46,15 @@ def test_the_pod_meets_the_restricted_profile_and_is_owned_by_the_test() -> None
         REQUEST.key.uid,
         True,
     )
-    config_map = config_map_manifest(REQUEST)
-    assert config_map["metadata"]["name"] == pod["metadata"]["name"] == REQUEST.key.name
-    assert spec["volumes"][0]["configMap"]["name"] == REQUEST.key.name
+    secret = execution_secret_manifest(REQUEST)
+    assert secret["metadata"]["name"] == pod["metadata"]["name"] == REQUEST.key.name
+    # agent.py travels in the Secret, never a ConfigMap; only config.json becomes a file.
+    assert json.loads(secret["stringData"]["config.json"]) == REQUEST.runner_config
+    assert spec["volumes"][0]["secret"] == {
+        "secretName": REQUEST.key.name,
+        "items": [{"key": "config.json", "path": "config.json"}],
+    }
+    assert not any("configMap" in volume for volume in spec["volumes"])
 
 
 def pod(phase: str, **status: Any) -> dict[str, Any]:

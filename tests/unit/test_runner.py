@@ -7,6 +7,7 @@ the only way to see exit codes and the watchdog for real.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -496,6 +498,13 @@ def test_requirements_are_installed_and_importable(
 
     assert run.exit_code == 0, run.stdout
     assert "[agenttest] installing 1 requirement: " in run.stdout
+    # What the package will pin: the requirement at the version installed, beside the
+    # runner's own distributions, and never the installer or the harness itself.
+    environment = run.result["environment"]
+    assert "tinydep==1.0" in environment
+    assert f"strands-agents=={metadata.version('strands-agents')}" in environment
+    assert not [pin for pin in environment if pin.startswith(("pip==", "agenttest-operator=="))]
+    assert run.result["sourceSha256"] == hashlib.sha256(source.encode()).hexdigest()
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,22 @@
 """The pod backend: the runner as a Pod in the test's own namespace.
 
-One Pod and one ConfigMap (the runner configuration, mounted read-only) per
+One Pod and one Secret (the signing key and the runner configuration) per
 execution, both named from the ExecutionKey and owned by the AgentTest, so a
 create repeated after a restart meets AlreadyExists and adopts, and deleting
-the test garbage-collects whatever is left. The pod is built for running a
-stranger's code: the restricted Pod Security profile, a read-only root, no
-service account token, no service links, limits, a deadline, and labels the
-NetworkPolicy in manifests/ selects to limit egress.
+the test garbage-collects whatever is left.
+
+The configuration holds agent.py, so it goes in the Secret, never a ConfigMap:
+agent.py may come from an S3 object the operator read with its own credentials
+(sources.py), which nobody in the namespace could read, and ConfigMaps are
+readable by everyone who may view the namespace (the built-in `view` role)
+while Secrets are not. A Secret rather than handing the judge a presigned URL:
+the runner's egress is fenced to the model (the NetworkPolicy), the judge would
+need S3 reachable from every pod, and the operator has already read and hashed
+the bytes it must run (the snapshot), which a second fetch could not promise.
+
+The pod is built for running a stranger's code: the restricted Pod Security
+profile, a read-only root, no service account token, no service links, limits, a
+deadline, and labels the NetworkPolicy in manifests/ selects to limit egress.
 """
 
 from __future__ import annotations
@@ -71,28 +81,21 @@ def metadata(request: LaunchRequest) -> dict[str, Any]:
     )
 
 
-def config_map_manifest(request: LaunchRequest) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata(request),
-        "data": {CONFIG_KEY: json.dumps(request.runner_config)},
-    }
+def execution_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
+    """The execution's signing key and runner configuration.
 
-
-def key_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
-    """The execution's signing key, for the judge's environment only.
-
-    A Secret rather than a literal in the pod spec, which everyone who may read
-    pods in the namespace could see; never mounted as a file, which the agent host
-    (same user, same container) could read.
+    The key is for the judge's environment only: a Secret rather than a literal in
+    the pod spec, which everyone who may read pods in the namespace could see;
+    never mounted as a file, which the agent host (same user, same container) could
+    read. The configuration (agent.py included) is mounted as the one file
+    config.json; see the module docstring for why it is not in a ConfigMap.
     """
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata(request),
         "type": "Opaque",
-        "stringData": {RUN_KEY_KEY: request.run_key},
+        "stringData": {RUN_KEY_KEY: request.run_key, CONFIG_KEY: json.dumps(request.runner_config)},
     }
 
 
@@ -143,7 +146,14 @@ def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") ->
             }
         ],
         "volumes": [
-            {"name": "config", "configMap": {"name": request.key.name}},
+            {
+                "name": "config",
+                # Only config.json: the signing key in the same Secret never becomes a file.
+                "secret": {
+                    "secretName": request.key.name,
+                    "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+                },
+            },
             {"name": "tmp", "emptyDir": {}},
             {"name": "work", "emptyDir": {}},
         ],
@@ -281,8 +291,7 @@ class PodExecutor:
         api = self._api()
         execution_id = f"{request.namespace}/{request.key.name}"
         for create, body in (
-            (api.create_namespaced_secret, key_secret_manifest(request)),
-            (api.create_namespaced_config_map, config_map_manifest(request)),
+            (api.create_namespaced_secret, execution_secret_manifest(request)),
             (api.create_namespaced_pod, pod_manifest(request, self.image, self.runtime_class)),
         ):
             with contextlib.suppress(kubeapi.Conflict):  # created before a restart: adopt
@@ -329,11 +338,7 @@ class PodExecutor:
         namespace, name = self._split(execution_id)
         api = self._api()
         grace = max(0, round(self.stop_grace))
-        for delete in (
-            api.delete_namespaced_pod,
-            api.delete_namespaced_config_map,
-            api.delete_namespaced_secret,
-        ):
+        for delete in (api.delete_namespaced_pod, api.delete_namespaced_secret):
             with contextlib.suppress(kubeapi.Gone):
                 await kubeapi.call(lambda d=delete: d(name, namespace, grace_period_seconds=grace))
         deadline = time.monotonic() + self.stop_timeout

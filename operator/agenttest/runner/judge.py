@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -39,6 +40,7 @@ from agenttest.runner.expectations import check_answer
 from agenttest.runner.protocol import (
     CONFIG_ENV,
     CONFIG_S3_ENV,
+    ENVIRONMENT_LIMIT,
     EXIT_TIMED_OUT,
     LOG_ANSWER_LIMIT,
     PHASE_BUILDING,
@@ -51,11 +53,12 @@ from agenttest.runner.protocol import (
     failed_setup,
     one_line,
     parse_run_key,
+    source_digest,
     truncate,
     verdict,
 )
 from agenttest.runner.relay import Budget, Relay
-from agenttest.runner.requirements import InstallFailed, install_requirements
+from agenttest.runner.requirements import InstallFailed, environment, install_requirements
 
 if TYPE_CHECKING:
     from agenttest.runner.gateway import ModelGateway, Observed
@@ -254,6 +257,10 @@ class Run:
         self.out = out
         self.deadline = Deadline(config.timeout_seconds)
         self.finished: list[CaseOutcome] = []
+        # What the package of a pass is made from: the digest of the agent.py this
+        # run hands to the agent host, and what the agent host imports from.
+        self.source_sha256 = source_digest(config.agent_source)
+        self.environment: tuple[str, ...] = ()
 
     def timed_out_result(self, current: tuple[str, float] | None = None) -> RunResult:
         cases = list(self.finished)
@@ -310,7 +317,22 @@ class Run:
         # Stopped from outside (cancel, timeout, deletion): the agent host lives in a
         # session of its own, so no group signal reaches it; end it and all it started.
         with stop_on_term(spare):
-            return self._execute(spare)
+            result = self._execute(spare)
+        return dataclasses.replace(
+            result, source_sha256=self.source_sha256, environment=self.environment
+        )
+
+    def _list_environment(self, site: Path | None) -> None:
+        """Record the agent host's distributions, before any agent code runs."""
+        listed = environment(site)
+        if len(listed) > ENVIRONMENT_LIMIT:
+            # A partial list would pin a package to less than what was tested.
+            self.out.log(
+                f"{len(listed)} distributions installed, over the {ENVIRONMENT_LIMIT} "
+                "reported: the result lists none, and no package can be pinned from it"
+            )
+            return
+        self.environment = tuple(listed)
 
     def _execute(self, spare: frozenset[int]) -> RunResult:
         config = self.config
@@ -321,6 +343,7 @@ class Run:
         try:
             self.out.phase(PHASE_BUILDING)
             site = self._install(agent_dir)
+            self._list_environment(site)
             if self.deadline.expired():
                 raise TimedOut
             host = AgentHost(agent_dir, site, self.out)

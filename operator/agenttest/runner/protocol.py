@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ FAILURE_LIMIT = 1000  # characters of one failure text kept in the result
 # The result line's size: below what CloudWatch Logs keeps as one event (256 KiB).
 RESULT_LINE_LIMIT = 192 * 1024
 TOOL_CALLS_LIMIT = 100  # tool names kept per case in the result
+# Distributions listed in the result's environment: a run's real environment has a
+# hundred or two; past this the result reports none rather than an incomplete list
+# (a package pinned from part of an environment is not what was tested).
+ENVIRONMENT_LIMIT = 400
+ENVIRONMENT_ENTRY_LIMIT = 200  # characters of one name==version
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# One environment entry: a distribution name (PEP 508) == a version made of the
+# characters PEP 440 versions use. Nothing else may reach the package's requirements.txt.
+PIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9.+!_-]{1,64}$")
 
 # Where the judge finds its configuration when not given --config: the JSON
 # itself, or (when too large for a task's environment) an S3 URI holding it.
@@ -55,6 +65,15 @@ PHASE_RUNNING = "Running"
 def truncate(text: str, limit: int) -> str:
     """Cut text to at most ``limit`` characters, marking the cut with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def source_digest(source: str) -> str:
+    """SHA-256 of agent.py as the agent host gets it: its UTF-8, hex.
+
+    The operator hashes its snapshot the same way (sources.Snapshot), so equal
+    digests mean the package holds the bytes that ran.
+    """
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def one_line(text: str) -> str:
@@ -164,6 +183,11 @@ class RunResult:
     total_cases: int
     cases: tuple[CaseOutcome, ...] = field(default=())
     timed_out: bool = False  # the run outlived its timeout (exit code EXIT_TIMED_OUT)
+    # source_digest of the agent.py handed to the agent host; "" before the config was read.
+    source_sha256: str = ""
+    # The agent host's distributions as name==version (requirements.environment);
+    # empty when not listed (setup failed first, or more than ENVIRONMENT_LIMIT).
+    environment: tuple[str, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -178,13 +202,17 @@ class RunResult:
         """
         output_limit, failure_limit = OUTPUT_LIMIT, FAILURE_LIMIT
         while True:
-            event = {
+            event: dict[str, Any] = {
                 "event": "result",
                 "passed": self.passed,
                 "reason": truncate(self.reason, FAILURE_LIMIT),
                 "summary": self.summary,
                 "cases": [case.to_json(output_limit, failure_limit) for case in self.cases],
             }
+            if self.source_sha256:
+                event["sourceSha256"] = self.source_sha256
+            if self.environment:
+                event["environment"] = list(self.environment)
             size = len(json.dumps(event, separators=(",", ":")))
             if size <= RESULT_LINE_LIMIT or output_limit <= 40:
                 return event
@@ -203,6 +231,8 @@ class ResultEvent:
     reason: str
     summary: str
     cases: tuple[dict[str, Any], ...]
+    source_sha256: str | None = None
+    environment: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, event: dict[str, Any]) -> ResultEvent:
@@ -214,11 +244,29 @@ class ResultEvent:
             raise ValueError("passed is not true or false")
         if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
             raise ValueError("cases is not a list of objects")
+        digest = event.get("sourceSha256")
+        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise ValueError("sourceSha256 is not a SHA-256 in hex")
+        environment = event.get("environment", [])
+        # Each entry ends up a line of the package's requirements.txt: only name==version.
+        if (
+            not isinstance(environment, list)
+            or len(environment) > ENVIRONMENT_LIMIT
+            or not all(
+                isinstance(entry, str)
+                and len(entry) <= ENVIRONMENT_ENTRY_LIMIT
+                and PIN.match(entry)
+                for entry in environment
+            )
+        ):
+            raise ValueError(f"environment is not a list of at most {ENVIRONMENT_LIMIT} pins")
         return cls(
             passed=passed,
             reason=str(event.get("reason") or ""),
             summary=str(event.get("summary") or ""),
             cases=tuple(cases),
+            source_sha256=digest,
+            environment=tuple(environment),
         )
 
 
