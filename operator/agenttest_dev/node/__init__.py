@@ -23,7 +23,10 @@ backend, the Job controller, kubectl) sees what it would see on a cluster:
   in one captured stream, every line timestamped), and reports the pod's
   status through ``pods/status`` like a kubelet: Pending/ContainerCreating,
   Running, then Succeeded or Failed with the container's exit code. It
-  enforces ``activeDeadlineSeconds`` (DeadlineExceeded), honours graceful
+  enforces ``activeDeadlineSeconds`` (DeadlineExceeded) and local
+  ephemeral storage (an emptyDir over its ``sizeLimit``, the container over
+  its ``ephemeral-storage`` limit: the pod is evicted with the kubelet's
+  reason and message, see `storage`), honours graceful
   deletion (SIGTERM, SIGKILL after min(grace, 5) s, then the kubelet's final
   delete with gracePeriodSeconds=0) and serves ``/containerLogs`` over HTTPS
   so that ``kubectl logs`` and the ``pods/log`` API work through the real
@@ -61,7 +64,7 @@ What it does not do (the pod fails with reason ``UnsupportedByFakeKubelet``
 and the container terminates with StartError where noted): volumes other than
 the ones above (fails), env ``resourceFieldRef`` (fails), containers after the
 first and init containers (ignored), restart policies other than Never
-(treated as Never), probes, resource limits (use `oom_kill_next()`), and
+(treated as Never), probes, CPU and memory limits (use `oom_kill_next()`), and
 ``securityContext``: processes run as this process's user, with a writable
 filesystem. Admission (Pod Security) is the API server's and is real.
 

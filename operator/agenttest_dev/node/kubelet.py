@@ -183,7 +183,7 @@ class FakeKubelet(LogServing):
         return self._run_of(namespace, name).killed
 
     def kill_reason(self, namespace: str, name: str) -> str | None:
-        """Why it was killed: "Deleted", "DeadlineExceeded", "OOMKilled" or "Shutdown"."""
+        """Why it was killed: Deleted, DeadlineExceeded, OOMKilled, Evicted or Shutdown."""
         return self._run_of(namespace, name).kill_reason
 
     def host_path(self, namespace: str, name: str, path: str) -> Path:

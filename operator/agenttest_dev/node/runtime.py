@@ -2,8 +2,8 @@
 
 Pending/ContainerCreating (or an image that cannot be pulled, or a mount that
 waits for its ConfigMap), Running, then Succeeded or Failed with the exit code;
-activeDeadlineSeconds, graceful deletion, OOM kills on request and the
-node's shutdown stop it.
+activeDeadlineSeconds, graceful deletion, OOM kills on request, eviction for
+the pod's own ephemeral-storage use (storage.py) and the node's shutdown stop it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from agenttest_dev.containers import capture, signal_group, spawn
+from agenttest_dev.node import storage
 from agenttest_dev.node.podspec import PodSpec
 from agenttest_dev.node.state import (
     DEADLINE_MESSAGE,
@@ -27,6 +28,7 @@ from agenttest_dev.node.state import (
     RETRY_SECONDS,
     SHUTDOWN_GRACE,
     SHUTDOWN_MESSAGE,
+    STORAGE_CHECK_SECONDS,
     TERMINAL,
     UNSUPPORTED,
     KubeError,
@@ -258,9 +260,15 @@ class PodRuntime(PodSpec):
             "finishedAt": rfc3339(time.time_ns()),
             "containerID": run.container_id,
         }
+        if run.kill_reason == "Evicted":
+            # Killed without grace; containerd reports SIGKILL as 137, "Error".
+            exit_code, reason = 137, "Error"
+            terminated.update(exitCode=exit_code, reason=reason)
         phase = "Succeeded" if exit_code == 0 else "Failed"
         pod_reason = pod_message = None
-        if run.kill_reason == "DeadlineExceeded":
+        if run.kill_reason == "Evicted":
+            phase, pod_reason, pod_message = "Failed", "Evicted", run.eviction
+        elif run.kill_reason == "DeadlineExceeded":
             phase, pod_reason, pod_message = "Failed", "DeadlineExceeded", DEADLINE_MESSAGE
         elif run.kill_reason == "Shutdown":
             phase, pod_reason, pod_message = "Failed", "Terminated", SHUTDOWN_MESSAGE
@@ -269,10 +277,20 @@ class PodRuntime(PodSpec):
     def _supervise(self, run: Run, process: subprocess.Popen[bytes]) -> None:
         """Until the process exits: OOM kills, deadlines, deletions, shutdown."""
         kill_at: float | None = None
+        check_storage_at = time.monotonic() + STORAGE_CHECK_SECONDS
+        watch_storage = storage.limited(run.pod)
         if run.oom:
             run.killed, run.kill_reason = True, "OOMKilled"
             signal_group(process.pid, signal.SIGKILL)
         while process.poll() is None:
+            if run.kill_reason is None and watch_storage and time.monotonic() >= check_storage_at:
+                check_storage_at = time.monotonic() + STORAGE_CHECK_SECONDS
+                message = self._storage_eviction(run)
+                if message is not None:
+                    # The eviction manager kills at once (no grace) and says why.
+                    run.killed, run.kill_reason, run.eviction = True, "Evicted", message
+                    self._event(run.pod, "Evicted", message, "Warning")
+                    signal_group(process.pid, signal.SIGKILL)
             if run.kill_reason is None:
                 cause = self._interruption(run)
                 if cause is not None:
@@ -297,6 +315,20 @@ class PodRuntime(PodSpec):
             run.wake.wait(POLL_SECONDS)
             run.wake.clear()
         process.wait()
+
+    @staticmethod
+    def _storage_eviction(run: Run) -> str | None:
+        """The eviction manager's look at the pod's disk: emptyDirs and the writable layer."""
+        volumes = run.directory / "volumes"
+        usage = {
+            volume["name"]: storage.disk_usage(volumes / volume["name"])
+            for volume in run.pod["spec"].get("volumes") or []
+            if "emptyDir" in volume
+        }
+        # What the container writes outside its volumes lands in these
+        # (its writable layer, were its root not read-only).
+        layer = sum(storage.disk_usage(run.directory / part) for part in ("rootfs", "home", "tmp"))
+        return storage.eviction_message(run.pod, usage, layer)
 
     @staticmethod
     def _termination_grace(run: Run) -> float:

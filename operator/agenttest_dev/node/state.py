@@ -46,6 +46,9 @@ PULL_BACKOFF_SECONDS = 1.0
 # A pod waiting for a missing ConfigMap/Secret is retried this often.
 RETRY_SECONDS = 0.5
 POLL_SECONDS = 0.02
+# How often a running pod's disk use is measured against its storage limits (a
+# kubelet's housekeeping period is 10 s; shorter here so tests end sooner).
+STORAGE_CHECK_SECONDS = 0.5
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -129,6 +132,8 @@ class Run:
     oom: bool = False
     killed: bool = False
     kill_reason: str | None = None
+    # Why the eviction manager evicted it (kill_reason "Evicted").
+    eviction: str | None = None
     # Set when the pod gets a deletionTimestamp: the grace before SIGKILL.
     delete_grace: float | None = None
     # The pod is gone from the API (force-deleted): nothing more to report.
