@@ -3,6 +3,11 @@
 The control plane is one per session (it takes seconds to start); each test
 gets its own namespace and its own operator process that watches only that
 namespace, so tests cannot see each other's AgentTests.
+
+The operator runs as its ServiceAccount with the RBAC of manifests/ (installed
+once per session), as it does in a cluster, so every flow the tests drive also
+proves the RBAC is enough; a test that needs the operator to run as the
+cluster admin says so with ``start_operator(as_admin=True)``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ import pytest
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from support import CRDS, Kube, Operator
+from support import (
+    CRDS,
+    SYSTEM_NAMESPACE,
+    Kube,
+    Operator,
+    install_operator_identity,
+    service_account_kubeconfig,
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +37,7 @@ def cluster() -> Iterator[devcluster.Cluster]:
     binaries = devcluster.find_binaries()
     with devcluster.Cluster(binaries) as running:
         running.install_crds(CRDS)
+        install_operator_identity(running)
         yield running
 
 
@@ -48,8 +61,17 @@ def start_operator(
     operators: list[Operator] = []
 
     def start(
-        kubeconfig: Path | None = None, extra_env: dict[str, str] | None = None, **settings: Any
+        kubeconfig: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        as_admin: bool = False,
+        **settings: Any,
     ) -> Operator:
+        if kubeconfig is None and not as_admin:
+            kubeconfig = service_account_kubeconfig(
+                cluster, tmp_path / "operator.kubeconfig", kube.namespace
+            )
+            # Its RBAC reads only the signing secret in the operator's namespace.
+            settings.setdefault("operator_namespace", SYSTEM_NAMESPACE)
         operator = Operator(
             cluster,
             kube.namespace,

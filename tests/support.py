@@ -183,10 +183,27 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def service_account_kubeconfig(cluster: devcluster.Cluster, path: Path, namespace: str) -> Path:
-    """A kubeconfig that authenticates with a fresh token for the operator's ServiceAccount."""
+def install_operator_identity(cluster: devcluster.Cluster) -> None:
+    """The operator's namespace, ServiceAccount and RBAC from manifests/, as a user installs them.
+
+    Only those: the base's Deployment would be a pod no node here runs.
+    """
+    cluster.kubectl("apply", "-f", str(MANIFESTS / "namespace.yaml"))
+    for name in ("serviceaccount.yaml", "rbac.yaml"):
+        cluster.kubectl("apply", "-n", SYSTEM_NAMESPACE, "-f", str(MANIFESTS / name))
+
+
+def service_account_kubeconfig(
+    cluster: devcluster.Cluster,
+    path: Path,
+    namespace: str,
+    account: str = SERVICE_ACCOUNT,
+    account_namespace: str = SYSTEM_NAMESPACE,
+) -> Path:
+    """A kubeconfig that authenticates with a fresh token for a ServiceAccount (the operator's)."""
+    # Long enough for the slowest flow: nothing here renews it.
     token = cluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", SYSTEM_NAMESPACE, "--duration=10m"
+        "create", "token", account, "-n", account_namespace, "--duration=2h"
     ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     ca = admin["clusters"][0]["cluster"]["certificate-authority-data"]
@@ -199,18 +216,18 @@ def service_account_kubeconfig(cluster: devcluster.Cluster, path: Path, namespac
                 "cluster": {"server": cluster.url, "certificate-authority-data": ca},
             }
         ],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "users": [{"name": account, "user": {"token": token}}],
         "contexts": [
             {
-                "name": SERVICE_ACCOUNT,
+                "name": account,
                 "context": {
                     "cluster": "agenttest",
-                    "user": SERVICE_ACCOUNT,
+                    "user": account,
                     "namespace": namespace,
                 },
             }
         ],
-        "current-context": SERVICE_ACCOUNT,
+        "current-context": account,
     }
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
