@@ -3,12 +3,14 @@
 It renders and applies; its Deployment passes the restricted Pod Security
 profile; and its RBAC is enough for the operator — run with nothing but the
 ServiceAccount's token, it drives AgentTests to the end without one refusal —
-and no more than that.
+and no more than that. The namespaced install (the manifests/namespaced
+component) is enough in the namespaces it names and gives nothing elsewhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -63,7 +65,9 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     documents = render(cluster)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
         ("ClusterRole", "agenttest-operator"),
+        ("ClusterRole", "agenttest-operator-cluster"),
         ("ClusterRoleBinding", "agenttest-operator"),
+        ("ClusterRoleBinding", "agenttest-operator-cluster"),
         ("Deployment", "agenttest-operator"),
         ("Namespace", SYSTEM_NAMESPACE),
         ("NetworkPolicy", "agenttest-runner"),
@@ -104,10 +108,12 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
 
-    binding = find(documents, "ClusterRoleBinding")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}
-    ]
+    for name in ("agenttest-operator", "agenttest-operator-cluster"):
+        binding = find(documents, "ClusterRoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": SYSTEM_NAMESPACE}
+        ]
 
     policy = find(documents, "NetworkPolicy")["spec"]
     assert policy["podSelector"] == {"matchLabels": {"agenttest.dev/role": "runner"}}
@@ -122,7 +128,12 @@ def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
 
 
 def test_cluster_role_has_no_wildcards_secrets_or_escalation(cluster: devcluster.Cluster) -> None:
-    rules = find(render(cluster), "ClusterRole")["rules"]
+    documents = render(cluster)
+    rules = [
+        rule
+        for name in ("agenttest-operator", "agenttest-operator-cluster")
+        for rule in find(documents, "ClusterRole", name)["rules"]
+    ]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
         if "secrets" in rule["resources"]:
@@ -270,13 +281,19 @@ ALLOWED = [
     ("watch", "namespaces", None),
     ("list", "agenttests.agenttest.dev", None),
     ("watch", "agenttests.agenttest.dev", None),
+    # The sweeper gets the test an execution was launched for.
+    ("get", "agenttests.agenttest.dev", None),
     ("patch", "agenttests.agenttest.dev", None),
     ("delete", "agenttests.agenttest.dev", None),
     ("patch", "agenttests.agenttest.dev", "status"),
     ("create", "deploymentpackages.agenttest.dev", None),
+    ("get", "deploymentpackages.agenttest.dev", None),
     ("patch", "deploymentpackages.agenttest.dev", "status"),
     ("create", "events", None),
     ("get", "configmaps", None),
+    ("create", "configmaps", None),
+    ("delete", "configmaps", None),
+    ("get", "pods", None),
     ("create", "pods", None),
     ("delete", "pods", None),
     ("get", "pods", "log"),
@@ -305,6 +322,15 @@ DENIED = [
     ("create", "agenttests.agenttest.dev", None),
     ("update", "agenttests.agenttest.dev", None),
     ("delete", "deploymentpackages.agenttest.dev", None),
+    # The operator reads what it made by name: no list or watch beyond AgentTests.
+    ("list", "deploymentpackages.agenttest.dev", None),
+    ("watch", "deploymentpackages.agenttest.dev", None),
+    ("patch", "deploymentpackages.agenttest.dev", None),
+    ("update", "deploymentpackages.agenttest.dev", None),
+    ("list", "pods", None),
+    ("watch", "pods", None),
+    ("list", "configmaps", None),
+    ("watch", "configmaps", None),
     ("deletecollection", "agenttests.agenttest.dev", None),
     ("patch", "events", None),
     ("delete", "events", None),
@@ -359,3 +385,95 @@ def test_only_the_signing_secret_is_readable_and_only_in_the_operators_namespace
     assert may("-n", SYSTEM_NAMESPACE, "get", "secrets/another") == "no"
     assert may("-n", SYSTEM_NAMESPACE, "list", "secrets") == "no"
     assert may("-n", "default", "get", "secrets/agenttest-signing-key") == "no"
+
+
+# --------------------------------------------------------------------------
+# The namespaced install
+# --------------------------------------------------------------------------
+
+
+def namespaced_install(cluster: devcluster.Cluster, directory: Path) -> list[dict[str, Any]]:
+    """The base with the namespaced component, from an overlay of the user's own (as documented)."""
+    directory.mkdir()
+    relative = Path(os.path.relpath(MANIFESTS, directory))
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative)],
+                "components": [str(relative / "namespaced")],
+            }
+        )
+    )
+    text = cluster.kubectl("kustomize", str(directory)).stdout
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def test_namespaced_install_binds_the_operator_only_where_it_watches(
+    cluster: devcluster.Cluster, tmp_path: Path
+) -> None:
+    documents = namespaced_install(cluster, tmp_path / "install")
+    bindings = [d for d in documents if d["kind"] == "ClusterRoleBinding"]
+    assert [b["roleRef"]["name"] for b in bindings] == ["agenttest-operator-cluster"]
+    [binding] = [
+        d for d in documents if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"
+    ]
+    assert binding["roleRef"]["name"] == "agenttest-operator"
+    container = find(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["AGENTTEST_NAMESPACES"] == binding["metadata"]["namespace"] == "agenttests"
+    cluster_rules = find(documents, "ClusterRole", "agenttest-operator-cluster")["rules"]
+    assert {r for rule in cluster_rules for r in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
+
+
+def test_an_operator_installed_namespaced_runs_tests_there_and_can_do_nothing_elsewhere(
+    cluster: devcluster.Cluster,
+    kube: Kube,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    # The namespaced install's RBAC, for a ServiceAccount of its own (this
+    # cluster's operator account is bound cluster-wide) and this test's namespace.
+    account = f"ns-{kube.namespace}"
+    documents = [
+        d
+        for d in namespaced_install(cluster, tmp_path / "install")
+        if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+    ]
+    for document in documents:
+        document["metadata"]["name"] = account
+        document["subjects"][0]["name"] = account
+        if document["kind"] == "RoleBinding" and document["roleRef"]["kind"] == "ClusterRole":
+            document["metadata"]["namespace"] = kube.namespace
+    cluster.kubectl("create", "serviceaccount", account, "-n", SYSTEM_NAMESPACE)
+    cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(documents))
+
+    kubeconfig = service_account_kubeconfig(
+        cluster, tmp_path / "ns.kubeconfig", kube.namespace, account=account
+    )
+    operator = start_operator(kubeconfig=kubeconfig, operator_namespace=SYSTEM_NAMESPACE)
+    kube.apply(agent_test("confined", SIMPLE_AGENT, model_server.url))
+    status = kube.wait_for_phase("confined", "Succeeded", "Failed", "Error", "TimedOut")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert "forbidden" not in operator.log().lower()
+
+    user = f"--as=system:serviceaccount:{SYSTEM_NAMESPACE}:{account}"
+
+    def may(namespace: str, verb: str, resource: str) -> str:
+        result = cluster.kubectl(
+            "auth", "can-i", user, "-n", namespace, verb, resource, check=False
+        )
+        return result.stdout.strip()
+
+    for verb, resource in (
+        ("create", "pods"),
+        ("patch", "agenttests.agenttest.dev"),
+    ):
+        assert may(kube.namespace, verb, resource) == "yes", (verb, resource)
+        assert may("default", verb, resource) == "no", (verb, resource)
+    assert may("default", "list", "customresourcedefinitions.apiextensions.k8s.io") == "yes"
