@@ -72,6 +72,14 @@ class Settings:
     # optional RuntimeClass (gVisor, Kata) for stronger isolation.
     runner_image: str = "agenttest/runner:0.1.0"
     pod_runtime_class: str = ""
+    # Pod backend: the runner's ephemeral-storage request and limit, also the
+    # sizeLimit of each of its emptyDirs (/tmp, the work directory with the
+    # installed requirements). A pod over it is evicted and the test Failed.
+    pod_ephemeral_storage: str = "2Gi"
+    # Pod backend: egress a runner pod may have besides DNS and its model,
+    # as CIDR:PORT entries (e.g. the package mirror requirements come from:
+    # 10.0.0.0/16:443). Link-local ranges are refused and always excepted.
+    pod_egress_allow: tuple[str, ...] = ()
     # Deployment packages of passing tests go to this bucket under the prefix;
     # without a bucket, passing tests get a Packaged=False condition instead.
     package_bucket: str = ""

@@ -27,7 +27,11 @@ def executors(settings: Settings) -> dict[Backend, Executor]:
     from agenttest.backends.pod import PodExecutor
 
     built[Backend.POD] = PodExecutor(
-        settings.runner_image, settings.pod_runtime_class, settings.stop_grace_seconds
+        settings.runner_image,
+        settings.pod_runtime_class,
+        settings.stop_grace_seconds,
+        ephemeral_storage=settings.pod_ephemeral_storage,
+        egress_allow=settings.pod_egress_allow,
     )
     if settings.fargate_subnets:
         from agenttest.backends.fargate import FargateConfig, FargateExecutor

@@ -38,7 +38,11 @@ def test_the_pod_meets_the_restricted_profile_and_is_owned_by_the_test() -> None
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert container["resources"]["limits"] == {
+        "cpu": "500m",
+        "memory": "1Gi",
+        "ephemeral-storage": "2Gi",
+    }
     assert pod["metadata"]["labels"]["agenttest.dev/role"] == "runner"
     [owner] = pod["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["uid"], owner["controller"]) == (

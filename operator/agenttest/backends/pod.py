@@ -1,9 +1,12 @@
 """The pod backend: the runner as a Pod in the test's own namespace.
 
-One Pod and one Secret (the signing key and the runner configuration) per
-execution, both named from the ExecutionKey and owned by the AgentTest, so a
-create repeated after a restart meets AlreadyExists and adopts, and deleting
-the test garbage-collects whatever is left.
+Per execution: a NetworkPolicy (egress.py), a Secret (the signing key and the
+runner configuration) and the Pod, all named from the ExecutionKey and owned
+by the AgentTest, so a create repeated after a restart meets AlreadyExists and
+adopts, and deleting the test garbage-collects whatever is left. The policy is
+created first: a pod never runs unfenced, and an operator that may not create
+the policy refuses the launch (the test ends Error saying so) instead of
+starting the pod anyway.
 
 The configuration holds agent.py, so it goes in the Secret, never a ConfigMap:
 agent.py may come from an S3 object the operator read with its own credentials
@@ -15,8 +18,11 @@ need S3 reachable from every pod, and the operator has already read and hashed
 the bytes it must run (the snapshot), which a second fetch could not promise.
 
 The pod is built for running a stranger's code: the restricted Pod Security
-profile, a read-only root, no service account token, no service links, limits, a
-deadline, and labels the NetworkPolicy in manifests/ selects to limit egress.
+profile, a read-only root, no service account token, no service links, CPU,
+memory and ephemeral-storage limits, a ``sizeLimit`` on every emptyDir, and a
+deadline. A pod the kubelet evicts for exceeding its own storage limits ends
+the test Failed (the agent filled the disk, a retry would do the same); any
+other eviction (node pressure) is the infrastructure's and is retried.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import time
 from typing import Any
 
 from agenttest import kubeapi
+from agenttest.backends import egress
+from agenttest.backends.base import LaunchRefused
 from agenttest.executions import (
     ExecutionKey,
     ExecutionState,
@@ -54,6 +62,19 @@ RUNNER_UID = 10001
 # stops it first; the kubelet's deadline is the backstop if the operator is down.
 DEADLINE_MARGIN_SECONDS = 30
 CONTAINER = "runner"
+# The default ephemeral-storage request and limit of the runner container, and
+# the sizeLimit of each of its emptyDirs (AGENTTEST_POD_EPHEMERAL_STORAGE).
+EPHEMERAL_STORAGE = "2Gi"
+# A pod the kubelet kills on eviction reports the container killed (SIGKILL).
+EXIT_KILLED = 137
+# The kubelet's eviction messages for a pod over its own storage limits
+# (pkg/kubelet/eviction/helpers.go): emptyDir sizeLimit, the pod's total, one
+# container's limit. Node pressure says "The node was low on resource" instead.
+OWN_STORAGE_EVICTIONS = (
+    "Usage of EmptyDir volume",
+    "Pod ephemeral local storage usage exceeds the total limit of containers",
+    "exceeded its local ephemeral storage limit",
+)
 WAITING_PROBLEMS = (
     "ErrImagePull",
     "ImagePullBackOff",
@@ -67,7 +88,8 @@ WAITING_PROBLEMS = (
 def labels(request: LaunchRequest) -> dict[str, str]:
     return {
         **MANAGED_BY,
-        "agenttest.dev/role": "runner",
+        egress.ROLE_LABEL: egress.RUNNER_ROLE,
+        egress.EXECUTION_LABEL: request.key.name,
         **test_label(request.test_name),
         "agenttest.dev/uid": request.key.uid,
         "agenttest.dev/attempt": str(request.key.attempt),
@@ -99,9 +121,27 @@ def execution_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
     }
 
 
-def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") -> dict[str, Any]:
+def network_policy_manifest(
+    request: LaunchRequest, extra: list[tuple[egress.Network, int]] | None = None
+) -> dict[str, Any]:
+    """The execution's NetworkPolicy; `egress.EgressRefused` if its model may not be reached."""
+    return egress.network_policy(metadata(request), request.runner_config.get("model") or {}, extra)
+
+
+def pod_manifest(
+    request: LaunchRequest,
+    image: str,
+    runtime_class: str = "",
+    ephemeral_storage: str = EPHEMERAL_STORAGE,
+) -> dict[str, Any]:
     """The Pod for one execution (pure: unit-tested, and what the fixture runs)."""
-    resources = {"cpu": request.cpu, "memory": request.memory}
+    resources = {
+        "cpu": request.cpu,
+        "memory": request.memory,
+        # Requirements, the agent's files and /tmp all live in the emptyDirs
+        # below (the root is read-only); the kubelet evicts past this.
+        "ephemeral-storage": ephemeral_storage,
+    }
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -154,8 +194,9 @@ def pod_manifest(request: LaunchRequest, image: str, runtime_class: str = "") ->
                     "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
                 },
             },
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "work", "emptyDir": {}},
+            # Each bounded on its own too, so a full /tmp names itself in the eviction.
+            {"name": "tmp", "emptyDir": {"sizeLimit": ephemeral_storage}},
+            {"name": "work", "emptyDir": {"sizeLimit": ephemeral_storage}},
         ],
     }
     if runtime_class:
@@ -175,6 +216,17 @@ def pod_observation(pod: dict[str, Any]) -> Observation:
     containers = status.get("containerStatuses") or [{}]
     state = containers[0].get("state") or {}
     if status.get("reason") == "Evicted":
+        message = str(status.get("message") or "").strip()
+        if any(marker in message for marker in OWN_STORAGE_EVICTIONS):
+            # The agent filled its own disk: the test's doing, so it ends Failed
+            # (the exit code the kubelet's kill left, else SIGKILL's).
+            terminated = state.get("terminated") or {}
+            code = terminated.get("exitCode")
+            return Observation(
+                ExecutionState.EXITED,
+                exit_code=code if code else EXIT_KILLED,
+                reason=f"evicted: {message}",
+            )
         return Observation(
             ExecutionState.MISSING,
             reason=f"pod evicted: {status.get('message')}",
@@ -259,9 +311,14 @@ class PodExecutor:
         runtime_class: str = "",
         stop_grace: float = 5.0,
         stop_timeout: float = 60.0,
+        ephemeral_storage: str = EPHEMERAL_STORAGE,
+        egress_allow: tuple[str, ...] = (),
     ) -> None:
         self.image = image
         self.runtime_class = runtime_class
+        self.ephemeral_storage = ephemeral_storage
+        # Parsed now: a bad entry stops the operator at start, not a launch later.
+        self.egress_allow = egress.parse_extra(egress_allow)
         self.stop_grace = stop_grace
         self.stop_timeout = stop_timeout
 
@@ -287,12 +344,37 @@ class PodExecutor:
     async def locate(self, namespace: str, key: ExecutionKey) -> str | None:
         return f"{namespace}/{key.name}"
 
+    async def _fence(self, request: LaunchRequest) -> None:
+        """Create (or adopt) the execution's NetworkPolicy; LaunchRefused if it cannot be."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            body = network_policy_manifest(request, self.egress_allow)
+        except egress.EgressRefused as error:
+            raise LaunchRefused(f"runner egress refused: {error}") from error
+        api = client.NetworkingV1Api()
+        try:
+            with contextlib.suppress(kubeapi.Conflict):  # created before a restart: adopt
+                await kubeapi.create(api.create_namespaced_network_policy, request.namespace, body)
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            raise LaunchRefused(
+                f"cannot fence the runner in: creating NetworkPolicy "
+                f"{request.namespace}/{request.key.name} is forbidden to the operator "
+                "(it needs create on networkpolicies.networking.k8s.io in this namespace); "
+                "no pod was started"
+            ) from error
+
     async def launch(self, request: LaunchRequest) -> str:
         api = self._api()
         execution_id = f"{request.namespace}/{request.key.name}"
+        await self._fence(request)
+        pod = pod_manifest(request, self.image, self.runtime_class, self.ephemeral_storage)
         for create, body in (
             (api.create_namespaced_secret, execution_secret_manifest(request)),
-            (api.create_namespaced_pod, pod_manifest(request, self.image, self.runtime_class)),
+            (api.create_namespaced_pod, pod),
         ):
             with contextlib.suppress(kubeapi.Conflict):  # created before a restart: adopt
                 await kubeapi.create(create, request.namespace, body)
@@ -344,9 +426,19 @@ class PodExecutor:
         deadline = time.monotonic() + self.stop_timeout
         while time.monotonic() < deadline:
             if await self._read_pod(namespace, name) is None:
+                # The fence goes last, once nothing it fences is left running.
+                await self._unfence(namespace, name)
                 return
             await asyncio.sleep(0.2)
         logger.warning("pod %s still exists %.0fs after deletion", execution_id, self.stop_timeout)
+
+    @staticmethod
+    async def _unfence(namespace: str, name: str) -> None:
+        from kubernetes import client
+
+        api = client.NetworkingV1Api()
+        with contextlib.suppress(kubeapi.Gone):
+            await kubeapi.call(api.delete_namespaced_network_policy, name, namespace)
 
     async def cleanup(self, execution_id: str) -> None:
         await self.stop(execution_id, "AgentTest deleted")
