@@ -504,7 +504,22 @@ class AgentTestRef(ApiModel):
 
 
 class DeploymentPackageSpec(ApiModel):
-    """A deployment package in S3, made from a passing AgentTest."""
+    """A deployment package in S3, made from a passing AgentTest. Immutable once created."""
+
+    # Where the package is and what its bytes hash to is what was tested: an
+    # edit could point a downloader at other bytes with a matching digest. The
+    # API server refuses any change (the operator never changes one either).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self == oldSelf",
+                    "spec is immutable: a DeploymentPackage records what was tested",
+                    reason="FieldValueForbidden",
+                )
+            ]
+        }
+    )
 
     agent_test_ref: AgentTestRef = Field(description="The AgentTest it came from.")
     s3_uri: str = Field(pattern=r"^s3://", description="Where the zip is, s3://bucket/key.")

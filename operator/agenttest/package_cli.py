@@ -2,6 +2,20 @@
 
 Reads the DeploymentPackage with the current kubeconfig, then S3 with boto3's
 default credentials (the user's own, not the operator's).
+
+A DeploymentPackage is only a pointer, and anyone allowed to create one can
+point it anywhere. So before anything is fetched, the package is checked
+against what the operator recorded where only the operator writes: the
+status of the AgentTest it came from (``agenttests/status``, which no tester
+role grants; see manifests/tester-role.yaml). That status names the package
+(``packageRef``) and, in its ``Packaged`` condition, the S3 URI and size the
+operator uploaded. The test, not the package's own status, is the record:
+it is what a user looked at to see that the agent passed, and a package
+created by someone else (or deleted and created again) has no such test
+naming it. The package must also be owned by that test (the owner
+reference's uid) and come from its current attempt. Then the bytes must hash
+to the package's sha256 (its spec is immutable, so that is the one the
+operator wrote).
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agenttest.models import GROUP, PACKAGE_PLURAL, VERSION
+from agenttest.models import AGENTTEST_PLURAL, GROUP, PACKAGE_PLURAL, VERSION
 
 MAX_URL_SECONDS = 7 * 24 * 3600  # what S3 allows for a SigV4 presigned URL
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
@@ -30,23 +44,95 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-def _package(name: str, namespace: str | None) -> dict[str, Any]:
+class Unvouched(Exception):
+    """The package is not one the operator recorded; the message says how it differs."""
+
+
+def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None:
+    """Raise Unvouched unless `test` (the AgentTest it names) records exactly this package."""
+    name = package["metadata"]["name"]
+    spec = package["spec"]
+    ref = spec.get("agentTestRef") or {}
+    owners = [
+        owner
+        for owner in package["metadata"].get("ownerReferences") or []
+        if owner.get("kind") == "AgentTest" and owner.get("controller")
+    ]
+    if [owner.get("uid") for owner in owners] != [ref.get("uid")]:
+        raise Unvouched(f"{name} is not owned by the AgentTest it names ({ref.get('name')})")
+    if test is None or test["metadata"].get("uid") != ref.get("uid"):
+        raise Unvouched(
+            f"the AgentTest {ref.get('name')} that {name} names no longer exists: "
+            "nothing the operator recorded vouches for it"
+        )
+    status = test.get("status") or {}
+    recorded = (status.get("packageRef") or {}).get("name")
+    if recorded != name:
+        raise Unvouched(
+            f"the AgentTest {ref.get('name')} records package {recorded or 'none'}, not {name}"
+        )
+    if ref.get("attempt") != status.get("attempt"):
+        raise Unvouched(
+            f"{name} comes from attempt {ref.get('attempt')}, the test is at attempt "
+            f"{status.get('attempt')}"
+        )
+    packaged = [
+        condition
+        for condition in status.get("conditions") or []
+        if condition.get("type") == "Packaged" and condition.get("status") == "True"
+    ]
+    # The operator writes "<s3 URI> (<size> bytes)" when it uploads.
+    uploaded = f"{spec.get('s3Uri')} ({spec.get('sizeBytes')} bytes)"
+    if not packaged or not str(packaged[0].get("message", "")).startswith(uploaded):
+        raise Unvouched(
+            f"{name} points at {uploaded}, but the AgentTest records "
+            f"{packaged[0].get('message') if packaged else 'no upload'}"
+        )
+
+
+def _custom_objects(namespace: str | None) -> tuple[Any, str]:
     from kubernetes import client, config
 
     config.load_kube_config()  # type: ignore[no-untyped-call]
     if namespace is None:
         _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
         namespace = context.get("context", {}).get("namespace") or "default"
-    found: Any = client.CustomObjectsApi().get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PACKAGE_PLURAL, name
-    )
+    return client.CustomObjectsApi(), namespace
+
+
+def _package(name: str, namespace: str | None) -> dict[str, Any]:
+    api, namespace = _custom_objects(namespace)
+    found: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, name)
     return dict(found)
+
+
+def _vouched_package(name: str, namespace: str | None) -> dict[str, Any]:
+    """The package, once its AgentTest's status vouches for it (else Unvouched)."""
+    from kubernetes.client.exceptions import ApiException
+
+    api, namespace = _custom_objects(namespace)
+    package: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, name)
+    test_name = (package.get("spec", {}).get("agentTestRef") or {}).get("name", "")
+    try:
+        test: Any = api.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, AGENTTEST_PLURAL, test_name
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        test = None
+    check_recorded(dict(package), None if test is None else dict(test))
+    return dict(package)
 
 
 def download(name: str, namespace: str | None, output: Path | None) -> int:
     import boto3
 
-    spec = _package(name, namespace)["spec"]
+    try:
+        spec = _vouched_package(name, namespace)["spec"]
+    except Unvouched as error:
+        print(f"error: {error}; not downloaded", file=sys.stderr)
+        return 1
     data = boto3.client("s3").get_object(Bucket=spec["bucket"], Key=spec["key"])["Body"].read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec["sha256"]:
@@ -66,7 +152,11 @@ def presigned_url(name: str, namespace: str | None, expires: int) -> int:
     import boto3
     from botocore.config import Config
 
-    spec = _package(name, namespace)["spec"]
+    try:
+        spec = _vouched_package(name, namespace)["spec"]
+    except Unvouched as error:
+        print(f"error: {error}; no URL made", file=sys.stderr)
+        return 1
     # SigV4: its URLs carry a relative expiry, which S3 caps at 7 days.
     s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
     url = s3.generate_presigned_url(
