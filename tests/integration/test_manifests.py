@@ -66,6 +66,7 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
         ("ClusterRole", "agenttest-operator"),
         ("ClusterRole", "agenttest-operator-cluster"),
+        ("ClusterRole", "agenttest-tester"),
         ("ClusterRoleBinding", "agenttest-operator"),
         ("ClusterRoleBinding", "agenttest-operator-cluster"),
         ("Deployment", "agenttest-operator"),
