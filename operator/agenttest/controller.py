@@ -19,7 +19,7 @@ from agenttest import faults, lifecycle, logtail, packaging, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
-from agenttest.models import AgentTest, AgentTestStatus, Backend, Phase
+from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase
 from agenttest.publishing import PublishDeferred, Publisher, PublishRefused
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
@@ -411,8 +411,10 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     status = test.status
     now = rt.clock()
 
-    def outcome(ok: bool, reason: str, message: str, name: str | None = None) -> AgentTestStatus:
-        return lifecycle.packaged(status, ok, reason, message, test.generation, now, name)
+    def outcome(
+        ok: bool, reason: str, message: str, package: PackageRef | None = None
+    ) -> AgentTestStatus:
+        return lifecycle.packaged(status, ok, reason, message, test.generation, now, package)
 
     if rt.publisher is None:
         return outcome(
@@ -436,4 +438,5 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         # S3 or the API server refused for now: the next step tries again.
         logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)
         return status
-    return outcome(True, "Uploaded", f"{published.uri} ({published.size} bytes)", published.name)
+    recorded = PackageRef(name=published.name, s3_uri=published.uri, sha256=published.sha256)
+    return outcome(True, "Uploaded", f"{published.uri} ({published.size} bytes)", recorded)

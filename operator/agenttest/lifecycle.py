@@ -389,9 +389,9 @@ def packaged(
     message: str,
     generation: int,
     now: datetime.datetime,
-    package_name: str | None = None,
+    package: PackageRef | None = None,
 ) -> AgentTestStatus:
-    """Record the outcome of packaging a passing test (the Packaged condition)."""
+    """Record the outcome of packaging a passing test (the Packaged condition, packageRef)."""
     listed = conditions.set_condition(
         status.conditions,
         ConditionType.PACKAGED,
@@ -402,8 +402,8 @@ def packaged(
         now,
     )
     update: dict[str, Any] = {"conditions": listed}
-    if package_name:
-        update["package_ref"] = PackageRef(name=package_name)
+    if package is not None:
+        update["package_ref"] = package
     return status.model_copy(update=update)
 
 

@@ -421,6 +421,12 @@ class PackageRef(ApiModel):
     """The DeploymentPackage made from this test."""
 
     name: str = Field(description="Name of the DeploymentPackage in this namespace.")
+    s3_uri: str | None = Field(
+        default=None, description="Where the operator uploaded the zip (what download trusts)."
+    )
+    sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the zip it uploaded."
+    )
 
 
 class AgentTestStatus(ApiModel):

@@ -5,17 +5,16 @@ default credentials (the user's own, not the operator's).
 
 A DeploymentPackage is only a pointer, and anyone allowed to create one can
 point it anywhere. So before anything is fetched, the package is checked
-against what the operator recorded where only the operator writes: the
-status of the AgentTest it came from (``agenttests/status``, which no tester
-role grants; see manifests/tester-role.yaml). That status names the package
-(``packageRef``) and, in its ``Packaged`` condition, the S3 URI and size the
-operator uploaded. The test, not the package's own status, is the record:
-it is what a user looked at to see that the agent passed, and a package
-created by someone else (or deleted and created again) has no such test
-naming it. The package must also be owned by that test (the owner
-reference's uid) and come from its current attempt. Then the bytes must hash
-to the package's sha256 (its spec is immutable, so that is the one the
-operator wrote).
+against what the operator recorded where only the operator writes: the status
+of the AgentTest it came from (``agenttests/status``, which no tester role
+grants; see manifests/tester-role.yaml). That status names the package
+(``packageRef``) with the S3 URI and sha256 the operator uploaded. The test,
+not the package's own status, is the record: it is what a user looked at to
+see that the agent passed, and a package created by someone else (or deleted
+and created again) has no such test naming it. The package must also be owned
+by that test (the owner reference's uid) and come from its current attempt.
+Then the bytes must hash to the package's sha256 (its spec is immutable, so
+that is the one the operator wrote).
 """
 
 from __future__ import annotations
@@ -76,17 +75,16 @@ def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None
             f"{name} comes from attempt {ref.get('attempt')}, the test is at attempt "
             f"{status.get('attempt')}"
         )
-    packaged = [
-        condition
-        for condition in status.get("conditions") or []
-        if condition.get("type") == "Packaged" and condition.get("status") == "True"
-    ]
-    # The operator writes "<s3 URI> (<size> bytes)" when it uploads.
-    uploaded = f"{spec.get('s3Uri')} ({spec.get('sizeBytes')} bytes)"
-    if not packaged or not str(packaged[0].get("message", "")).startswith(uploaded):
+    # What the operator uploaded, as it recorded it in the test's status (only
+    # the operator may write that); the bytes are then checked against sha256.
+    uploaded = (
+        (status.get("packageRef") or {}).get("s3Uri"),
+        (status.get("packageRef") or {}).get("sha256"),
+    )
+    if uploaded != (spec.get("s3Uri"), spec.get("sha256")):
         raise Unvouched(
-            f"{name} points at {uploaded}, but the AgentTest records "
-            f"{packaged[0].get('message') if packaged else 'no upload'}"
+            f"{name} points at {spec.get('s3Uri')} (sha256 {spec.get('sha256')}), but the "
+            f"AgentTest records {uploaded[0] or 'no upload'} (sha256 {uploaded[1]})"
         )
 
 

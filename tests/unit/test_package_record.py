@@ -27,7 +27,7 @@ TEST: dict[str, Any] = {
     "status": {
         "phase": "Succeeded",
         "attempt": 2,
-        "packageRef": {"name": "hello-a2"},
+        "packageRef": {"name": "hello-a2", "s3Uri": "s3://packages/hello.zip", "sha256": "a" * 64},
         "conditions": [
             {
                 "type": "Packaged",
@@ -63,8 +63,8 @@ def test_the_recorded_package_is_vouched_for() -> None:
         (changed(PACKAGE, "metadata.name", "hello-a2-x"), TEST, "records package hello-a2"),
         (PACKAGE, changed(TEST, "status.attempt", 3), "the test is at attempt 3"),
         (changed(PACKAGE, "spec.s3Uri", "s3://elsewhere/x.zip"), TEST, "points at s3://elsewhere"),
-        (changed(PACKAGE, "spec.sizeBytes", 99), TEST, "(99 bytes), but"),
-        (PACKAGE, changed(TEST, "status.conditions.0.status", "False"), "records no upload"),
+        (changed(PACKAGE, "spec.sha256", "b" * 64), TEST, "sha256 bbbb"),
+        (PACKAGE, changed(TEST, "status.packageRef.s3Uri", None), "records no upload"),
     ],
 )
 def test_anything_else_is_refused_saying_how_it_differs(
