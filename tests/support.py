@@ -166,6 +166,11 @@ def agent_test(
     }
 
 
+def on_pod(name: str, source: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    """The same, on the pod backend."""
+    return agent_test(name, source, endpoint, backend="pod", **spec)
+
+
 SIMPLE_AGENT = """
 from strands import Agent
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
@@ -125,12 +123,6 @@ def test_an_execution_whose_test_vanished_is_swept(
 
 
 # --------------------------------------------------------------------------- pod backend
-
-
-@pytest.fixture
-def kubelet(cluster: devcluster.Cluster, kube: Kube) -> Iterator[FakeKubelet]:
-    with FakeKubelet(cluster.kubeconfig, namespaces=[kube.namespace]) as node:
-        yield node
 
 
 def test_an_edited_execution_id_cannot_point_the_operator_at_other_objects(

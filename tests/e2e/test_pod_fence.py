@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import yaml
 from kubernetes import client, config, watch
 
@@ -36,7 +35,7 @@ from support import (
     SYSTEM_NAMESPACE,
     Kube,
     Operator,
-    agent_test,
+    on_pod,
     service_account_kubeconfig,
 )
 
@@ -57,24 +56,6 @@ time.sleep(300)
 def agent(model):
     return Agent(model=model)
 """
-
-
-@pytest.fixture
-def restricted(kube: Kube) -> Kube:
-    kube.cluster.kubectl(
-        "label", "namespace", kube.namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    return kube
-
-
-@pytest.fixture
-def kubelet(cluster: devcluster.Cluster, restricted: Kube) -> Iterator[FakeKubelet]:
-    with FakeKubelet(cluster.kubeconfig, namespaces=[restricted.namespace]) as node:
-        yield node
-
-
-def on_pod(name: str, source: str, endpoint: str, **spec: Any) -> dict[str, Any]:
-    return agent_test(name, source, endpoint, backend="pod", **spec)
 
 
 def labelled(kube: Kube, kind: str, test: str) -> list[dict[str, Any]]:

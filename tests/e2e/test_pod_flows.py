@@ -11,11 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agenttest.runner.protocol import RUN_KEY_ENV
 from agenttest_dev import devcluster
@@ -30,7 +28,7 @@ from support import (
     SYSTEM_NAMESPACE,
     Kube,
     Operator,
-    agent_test,
+    on_pod,
     service_account_kubeconfig,
 )
 
@@ -45,24 +43,6 @@ time.sleep(300)
 def agent(model):
     return Agent(model=model)
 """
-
-
-@pytest.fixture
-def restricted(kube: Kube) -> Kube:
-    kube.cluster.kubectl(
-        "label", "namespace", kube.namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    return kube
-
-
-@pytest.fixture
-def kubelet(cluster: devcluster.Cluster, restricted: Kube) -> Iterator[FakeKubelet]:
-    with FakeKubelet(cluster.kubeconfig, namespaces=[restricted.namespace]) as node:
-        yield node
-
-
-def on_pod(name: str, source: str, endpoint: str, **spec: Any) -> dict[str, Any]:
-    return agent_test(name, source, endpoint, backend="pod", **spec)
 
 
 def runner_pods(kube: Kube, test: str) -> list[dict[str, Any]]:
