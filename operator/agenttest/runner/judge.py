@@ -343,7 +343,6 @@ class Run:
         try:
             self.out.phase(PHASE_BUILDING)
             site = self._install(agent_dir)
-            self._list_environment(site)
             if self.deadline.expired():
                 raise TimedOut
             host = AgentHost(agent_dir, site, self.out)
@@ -366,6 +365,9 @@ class Run:
                 region=config.model.region,
                 temperature=config.model.temperature,
             )
+            # Listed while the agent host imports Strands, and before it is sent
+            # agent.py: no agent code has run yet.
+            self._list_environment(site)
             host.setup(config, agent_model, self.deadline)
             self.out.phase(PHASE_RUNNING)
             self.out.log(
