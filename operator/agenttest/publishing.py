@@ -33,7 +33,7 @@ from typing import Any
 
 import jinja2
 
-from agenttest import conditions, kubeapi, packaging
+from agenttest import awsclients, conditions, kubeapi, packaging
 from agenttest.models import (
     API_VERSION,
     AgentTest,
@@ -224,9 +224,7 @@ class Publisher:
 
     def _client(self) -> Any:
         if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3")
+            self._s3 = awsclients.client("s3")
         return self._s3
 
     def _upload(self, key: str, data: bytes, digest: str) -> None:

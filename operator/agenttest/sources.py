@@ -42,7 +42,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agenttest import faults, kubeapi
+from agenttest import awsclients, faults, kubeapi
 from agenttest.models import (
     MAX_INLINE_SOURCE,
     AgentSource,
@@ -154,12 +154,10 @@ def check_s3_allowed(uri: str, namespace: str, grants: tuple[S3Grant, ...]) -> N
 
 
 def _read_s3(uri: str) -> str:
-    import boto3
-
     bucket, key = split_s3_uri(uri)
     try:
         body = (
-            boto3.client("s3")
+            awsclients.client("s3")
             .get_object(Bucket=bucket, Key=key)["Body"]
             .read(MAX_INLINE_SOURCE + 1)
         )
@@ -239,9 +237,7 @@ class SnapshotStore:
 
     def _client(self) -> Any:
         if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3")
+            self._s3 = awsclients.client("s3")
         return self._s3
 
     def key(self, namespace: str, name: str, uid: str, attempt: int) -> str:

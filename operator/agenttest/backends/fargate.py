@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from agenttest import awsclients
 from agenttest.backends.base import LaunchRefused
 from agenttest.executions import (
     ExecutionKey,
@@ -449,12 +450,8 @@ def task_observation(task: dict[str, Any], container_name: str) -> Observation:
 
 
 def _default_client(service: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
     if service == "logs":
         # Log reads back off in read_logs, between steps, instead of sleeping
         # inside boto3 and holding up the step.
-        return boto3.client(service, config=Config(retries={"total_max_attempts": 1}))
-    # Standard retry mode backs off on throttling and 5xx by itself.
-    return boto3.client(service, config=Config(retries={"mode": "standard", "max_attempts": 5}))
+        return awsclients.client(service, retries={"total_max_attempts": 1})
+    return awsclients.client(service, retries={"mode": "standard", "max_attempts": 5})
