@@ -9,14 +9,15 @@
 # The harness needs strands-agents and the standard library only, so the image
 # holds the project's package without its dependencies (no kopf, no Kubernetes
 # client: less to pull at every task start, less within reach of the untrusted
-# agent code) plus strands-agents[ollama]. Two stages, as in ./Dockerfile: the
+# agent code) plus strands-agents[ollama], strands-agents-evals (the
+# evaluators) and jsonschema. Two stages, as in ./Dockerfile: the
 # final stage copies only the virtual environment, whose python links to the
 # base image's interpreter, so both stages use the same base.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 # Keep in step with the strands-agents requirement in pyproject.toml.
-ARG STRANDS_REQUIREMENT="strands-agents[ollama]>=1.0"
+ARG STRANDS_REQUIREMENT="strands-agents[ollama]>=1.0 strands-agents-evals>=1.7,<2 jsonschema>=4.0"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -28,7 +29,7 @@ COPY pyproject.toml README.md ./
 # The development kit (operator/agenttest_dev) is neither in the context
 # (.dockerignore) nor in the wheel (pyproject.toml's packages include).
 COPY operator/ operator/
-RUN /opt/runner/bin/pip install "${STRANDS_REQUIREMENT}" \
+RUN /opt/runner/bin/pip install ${STRANDS_REQUIREMENT} \
     && /opt/runner/bin/pip install --no-deps . \
     && /opt/runner/bin/python -c "import strands, agenttest.runner.judge, agenttest.runner.agenthost" \
     && /opt/runner/bin/python -m compileall -q /opt/runner/lib
