@@ -188,7 +188,7 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
                 key=key,
                 namespace=test.namespace,
                 test_name=test.name,
-                runner_config=runner_config(test.spec, snapshot.text),
+                runner_config=runner_config(test.spec, snapshot.text, rt.settings.price_table()),
                 timeout_seconds=test.spec.timeout_seconds,
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,

@@ -222,6 +222,16 @@ def _post_events(
             "machine lines without its signature and were ignored"
         )
         kopf.event(body, type="Warning", reason="ForgedOutput", message=message)
+    flaky = lifecycle.flaky_cases(new)
+    if flaky and new.phase is not None and new.phase.finished and new.phase != old.phase:
+        # Said even when the test passed: a gate that passes 4 times in 5 is news.
+        message = "flaky cases (some trials passed, some failed): " + ", ".join(flaky)
+        kopf.event(
+            body,
+            type="Warning",
+            reason="FlakyCases",
+            message=redaction.shown(message, redaction.EVENT_BYTES),
+        )
     for phase, message in transitions:
         failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
         kind = "Warning" if failed else "Normal"

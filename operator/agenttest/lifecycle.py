@@ -31,6 +31,7 @@ from agenttest.models import (
     CaseResult,
     ConditionType,
     Execution,
+    ModelResult,
     PackageRef,
     Phase,
 )
@@ -186,6 +187,7 @@ class RunnerResult:
     # judge ran, and the agent host's distributions.
     source_sha256: str | None = None
     environment: list[str] = field(default_factory=list)
+    models: list[ModelResult] = field(default_factory=list)
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> RunnerResult:
@@ -195,10 +197,49 @@ class RunnerResult:
             passed=read.passed,
             reason=read.reason,
             summary=read.summary,
-            cases=[CaseResult.model_validate(case) for case in read.cases],
+            cases=[case_result(case) for case in read.cases],
             source_sha256=read.source_sha256,
             environment=list(read.environment),
+            models=[model_result(model) for model in read.models],
         )
+
+
+def case_result(case: dict[str, Any]) -> CaseResult:
+    """A case of the judge's result as the status shows it: the rate and flakiness derived."""
+    result = CaseResult.model_validate(case)
+    if result.trials and result.passes is not None:
+        if not 0 <= result.passes <= result.trials:
+            raise ValueError(f"case {result.name}: passes {result.passes} of {result.trials}")
+        result.pass_rate = round(result.passes / result.trials, 4)
+        result.flaky = 0 < result.passes < result.trials
+    return result
+
+
+def model_result(model: dict[str, Any]) -> ModelResult:
+    """One model of the judge's result (ModelOutcome.to_json) as the status shows it."""
+    cases, passed = int(model.get("cases") or 0), int(model.get("casesPassed") or 0)
+    return ModelResult.model_validate(
+        {**model, "casesPassed": f"{passed}/{cases}", "passed": bool(model.get("passed"))}
+    )
+
+
+def case_label(case: CaseResult) -> str:
+    """How a case is named where a matrix can repeat it: "refund [small]"."""
+    return case.name if case.model is None else f"{case.name} [{case.model}]"
+
+
+def expected_case_labels(spec: AgentTestSpec) -> list[str]:
+    """The cases a full result names, in order: each case of each model."""
+    if not spec.matrix:
+        return [case.name for case in spec.cases]
+    return [f"{case.name} [{model.name}]" for model in spec.model_entries() for case in spec.cases]
+
+
+def flaky_cases(status: AgentTestStatus) -> list[str]:
+    """Cases some of whose trials passed and some failed, e.g. "refund 3/5"."""
+    return [
+        f"{case_label(case)} {case.passes}/{case.trials}" for case in status.cases if case.flaky
+    ]
 
 
 def outcome(
@@ -208,13 +249,14 @@ def outcome(
     reason: str = "",
     expected_cases: list[str] | None = None,
     forged: int = 0,
+    trials: int = 1,
 ) -> tuple[Phase, str]:
     """Decide the final phase from the verified result, the exit code and why it ended.
 
     Only a verified result can pass, and only when it names exactly the spec's
     cases and the judge also exited 0: a pass is never inferred from anything else.
     """
-    phase, message = _outcome(result, exit_code, last_line, reason, expected_cases)
+    phase, message = _outcome(result, exit_code, last_line, reason, expected_cases, trials)
     if forged:
         lines = "line" if forged == 1 else "lines"
         message += f"; {forged} forged machine {lines} ignored"
@@ -227,11 +269,12 @@ def _outcome(
     last_line: str,
     reason: str,
     expected_cases: list[str] | None,
+    trials: int = 1,
 ) -> tuple[Phase, str]:
     if exit_code == EXIT_TIMED_OUT:
         return Phase.TIMED_OUT, (result.reason if result else "") or "the runner timed out"
     if result is not None:
-        named = [case.name for case in result.cases]
+        named = [case_label(case) for case in result.cases]
         if expected_cases is not None and result.cases and named != expected_cases:
             return Phase.ERROR, (
                 f"the verified result names cases {named}, not the spec's {expected_cases}"
@@ -240,6 +283,8 @@ def _outcome(
             return Phase.FAILED, f"the runner reported a pass but exited with code {exit_code}"
         if result.passed and expected_cases is not None and named != expected_cases:
             return Phase.FAILED, "the runner reported a pass without running the spec's cases"
+        if result.passed and any((case.trials or 1) != trials for case in result.cases):
+            return Phase.FAILED, f"the runner reported a pass without running {trials} trials"
         if result.passed:
             return Phase.SUCCEEDED, result.summary or "all cases passed"
         # The judge's reason already names the first failure; say it once.
@@ -277,8 +322,9 @@ def finish(
     if result is not None:
         passed = sum(1 for case in result.cases if case.passed)
         update["cases"] = result.cases
-        update["cases_passed"] = f"{passed}/{len(result.cases)}" if result.cases else None
+        update["cases_passed"] = cases_column(result.cases)
         update["summary"] = result.summary or f"{passed}/{len(result.cases)} cases passed"
+        update["models"] = result.models
         update["environment"] = result.environment
         if status.source is not None:
             tested = {"tested_sha256": result.source_sha256}
@@ -286,6 +332,19 @@ def finish(
     else:
         update["summary"] = f"{phase.value}: {message}"
     return status.model_copy(update=update)
+
+
+def cases_column(cases: list[CaseResult]) -> str | None:
+    """ "2/3", and with several trials per case the pass rate over all of them: "2/3 (87%)"."""
+    if not cases:
+        return None
+    passed = sum(1 for case in cases if case.passed)
+    text = f"{passed}/{len(cases)}"
+    trials = sum(case.trials or 1 for case in cases)
+    if trials > len(cases):
+        passes = sum(case.passes if case.passes is not None else int(case.passed) for case in cases)
+        text += f" ({100 * passes / trials:.0f}%)"
+    return text
 
 
 def unreadable(
@@ -574,8 +633,9 @@ def _ended(
         observation.exit_code,
         progress.last_line,
         observation.reason,
-        expected_cases=[case.name for case in spec.cases],
+        expected_cases=expected_case_labels(spec),
         forged=progress.forged,
+        trials=spec.trials,
     )
     return finish(status, phase, message, now, result)
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
+from pydantic.config import JsonDict, JsonValue
 
 GROUP = "agenttest.dev"
 VERSION = "v1alpha1"
@@ -191,6 +191,97 @@ class ModelSpec(ApiModel):
     )
 
 
+# A Strands tool name (what the model's tool-use request carries).
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+JSON_SCHEMA_TYPES: list[JsonValue] = [
+    "string",
+    "number",
+    "integer",
+    "boolean",
+    "object",
+    "array",
+    "null",
+]
+# A JSON Schema is free-form, so the CRD keeps its unknown fields; the keywords
+# most often mistyped are declared, so the API server refuses them naming the field.
+JSON_SCHEMA_NODE: JsonDict = {
+    "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "type": {
+            "type": "string",
+            "enum": JSON_SCHEMA_TYPES,
+            "description": "The JSON type of the answer (one name; use anyOf for unions).",
+        },
+        "required": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Property names an object answer must have.",
+        },
+        "properties": {
+            "type": "object",
+            "description": "Schemas of an object answer's properties, by name.",
+            "additionalProperties": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+    },
+}
+
+
+def _json_schema_field(schema: JsonDict) -> None:
+    # Replaces pydantic's node for dict[str, Any] (additionalProperties: true, which
+    # a structural schema may not combine with properties).
+    description = schema.get("description")
+    schema.clear()
+    schema.update(JSON_SCHEMA_NODE)
+    if description is not None:
+        schema["description"] = description
+
+
+class ToolSequenceMatch(StrEnum):
+    EXACT = "exact"
+    IN_ORDER = "inOrder"
+    ANY_ORDER = "anyOrder"
+
+
+class ToolSequence(ApiModel):
+    """Tools the model must ask for, checked against the observed tool calls."""
+
+    tools: list[ToolName] = Field(
+        min_length=1, max_length=20, description="Tool names, in the expected order."
+    )
+    match: ToolSequenceMatch = Field(
+        default=ToolSequenceMatch.EXACT,
+        description=(
+            "exact: the observed calls are exactly these, in this order; inOrder: these "
+            "appear in this order, other calls allowed between; anyOrder: each of these "
+            "was called, in any order."
+        ),
+    )
+
+
+class JudgeRubric(ApiModel):
+    """An LLM-as-judge check (Strands Evals OutputEvaluator) of the answer."""
+
+    rubric: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="What a good answer does, in words the judge model scores against (0 to 1).",
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="The lowest score that passes (default 0.5).",
+    )
+    include_query: bool = Field(
+        default=True, description="Show the judge the query as well as the answer."
+    )
+
+
 class Expectation(ApiModel):
     """What a case's final answer must satisfy. All given checks must pass."""
 
@@ -213,6 +304,67 @@ class Expectation(ApiModel):
     max_latency_seconds: float | None = Field(
         default=None, gt=0, le=MAX_TIMEOUT_SECONDS, description="Upper bound on the case's time."
     )
+    equals: str | None = Field(
+        default=None,
+        max_length=16384,
+        description=(
+            "The whole answer, leading and trailing whitespace aside, must be this "
+            "(caseSensitive applies)."
+        ),
+    )
+    starts_with: str | None = Field(
+        default=None,
+        max_length=1024,
+        description=(
+            "The answer, leading whitespace aside, must start with this (caseSensitive applies)."
+        ),
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The answer must parse as JSON and validate against this JSON Schema (draft "
+            "2020-12 unless $schema says otherwise). A ```json fence around the answer is "
+            "allowed. type and required are checked when applied; any other error in the "
+            "schema fails the case, naming it."
+        ),
+        json_schema_extra=_json_schema_field,
+    )
+    tool_called: list[ToolName] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Tools the model must have asked the agent to run (observed by the judge).",
+    )
+    tool_not_called: list[ToolName] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Tools the model must not have asked the agent to run (observed).",
+    )
+    tool_sequence: ToolSequence | None = Field(
+        default=None, description="The order of the observed tool calls."
+    )
+    max_tool_calls: int | None = Field(
+        default=None, ge=0, le=1000, description="At most this many observed tool calls."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="At most this many tokens (input + output) over the case's model calls.",
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        alias="maxCostUSD",
+        gt=0,
+        le=1000,
+        description=(
+            "At most this cost in US dollars: observed tokens times the operator's price "
+            "for the model (AGENTTEST_MODEL_PRICES). A model without a price fails the check."
+        ),
+    )
+    judge: JudgeRubric | None = Field(
+        default=None,
+        description="A rubric an LLM judge (spec.judgeModel) scores the answer against.",
+    )
 
 
 class TestCase(ApiModel):
@@ -230,6 +382,30 @@ class TestCase(ApiModel):
     expect: Expectation = Field(
         default_factory=Expectation, description="Checks on the agent's answer."
     )
+
+
+class NamedModel(ModelSpec):
+    """One model of a matrix: a name and the same fields as spec.model."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=20,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description=(
+            "Name of the entry, unique in the test (lower case, digits, -): shown in "
+            "results and part of its package's name."
+        ),
+    )
+
+
+class MatrixPolicy(StrEnum):
+    ALL = "all"
+    ANY = "any"
+
+
+MAX_MODELS = 5
+MAX_TRIALS = 20
+DEFAULT_MODEL_NAME = "default"
 
 
 class Backend(StrEnum):
@@ -262,8 +438,58 @@ class PackageSpec(ApiModel):
 class AgentTestSpec(ApiModel):
     """What to test: the agent, its model, the cases, and how to run them."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.model) != has(self.models)",
+                    "spec must set exactly one of model and models",
+                    reason="FieldValueInvalid",
+                )
+            ]
+        }
+    )
+
     agent: AgentSpec = Field(description="The agent under test.")
-    model: ModelSpec = Field(description="The model the agent talks to.")
+    model: ModelSpec | None = Field(
+        default=None, description="The model the agent talks to (or spec.models)."
+    )
+    models: list[NamedModel] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MODELS,
+        description=(
+            "A model matrix: every case runs against each of these 1 to 5 models in the same "
+            "execution (or spec.model)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    matrix_policy: MatrixPolicy = Field(
+        default=MatrixPolicy.ALL,
+        description=(
+            "all: the test passes when every model passes; any: when at least one does. "
+            "Each passing model gets its own DeploymentPackage."
+        ),
+    )
+    judge_model: ModelSpec | None = Field(
+        default=None,
+        description=(
+            "The model that scores judge rubrics, through the judge's gateway. Default: "
+            "spec.model, or the first of spec.models."
+        ),
+    )
+    trials: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_TRIALS,
+        description="Runs of every case, 1 to 20, each in a fresh conversation.",
+    )
+    pass_threshold: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="A case passes when the share of its trials that passed reaches this.",
+    )
     cases: list[TestCase] = Field(
         min_length=1,
         max_length=MAX_CASES,
@@ -297,6 +523,22 @@ class AgentTestSpec(ApiModel):
         description="Delete the finished test after this many seconds (default 7 days, "
         "at most 365 days).",
     )
+
+    def model_entries(self) -> list[NamedModel]:
+        """The models under test: spec.models, or spec.model named "default"."""
+        if self.models:
+            return list(self.models)
+        assert self.model is not None, "the API server requires model or models"
+        return [NamedModel(name=DEFAULT_MODEL_NAME, **self.model.model_dump())]
+
+    @property
+    def primary_model(self) -> ModelSpec:
+        """spec.model, or the first of spec.models: the judge's default."""
+        return self.model or self.model_entries()[0]
+
+    @property
+    def matrix(self) -> bool:
+        return bool(self.models)
 
 
 # --------------------------------------------------------------------------
@@ -369,8 +611,28 @@ class TokenUsage(ApiModel):
     output: int = Field(default=0, description="Output (completion) tokens.")
 
 
+class Interval(ApiModel):
+    """A confidence interval of a pass rate."""
+
+    low: float = Field(description="Lower bound, 0 to 1.")
+    high: float = Field(description="Upper bound, 0 to 1.")
+
+
+class JudgeScore(ApiModel):
+    """What the LLM judge said about a case's answers."""
+
+    score: float = Field(description="Mean score over the trials, 0 to 1.")
+    reason: str = Field(
+        default="", description="The judge's reasoning (of a failing trial, if any)."
+    )
+
+
 class CaseResult(ApiModel):
-    """The outcome of one case."""
+    """The outcome of one case (of one model, in a matrix), over all its trials.
+
+    output, failures, tokens and toolCalls are those of one trial: the first that
+    failed, else the last.
+    """
 
     name: str = Field(description="Case name.")
     passed: bool = Field(description="Whether every expectation held.")
@@ -391,6 +653,21 @@ class CaseResult(ApiModel):
     tool_calls: list[str] = Field(
         default_factory=list,
         description="Tools the model asked the agent to run, in order (observed).",
+    )
+    model: str | None = Field(
+        default=None, description="The spec.models entry the case ran against (a matrix)."
+    )
+    trials: int | None = Field(default=None, description="Trials run (spec.trials).")
+    passes: int | None = Field(default=None, description="Trials that passed.")
+    pass_rate: float | None = Field(default=None, description="passes / trials.")
+    interval: Interval | None = Field(
+        default=None, description="95% Wilson score interval of the pass rate."
+    )
+    flaky: bool | None = Field(
+        default=None, description="True when some trials passed and some failed."
+    )
+    judge: JudgeScore | None = Field(
+        default=None, description="The LLM judge's score and reasoning (judge rubric)."
     )
 
 
@@ -429,6 +706,30 @@ class PackageRef(ApiModel):
     )
 
 
+class LatencySummary(ApiModel):
+    """Case latency over all trials."""
+
+    mean: float = Field(description="Mean, in seconds.")
+    p95: float = Field(description="95th percentile, in seconds.")
+
+
+class ModelResult(ApiModel):
+    """How one model of the test did over all cases and trials."""
+
+    name: str = Field(description="The spec.models entry (default for spec.model).")
+    model_id: str = Field(description="Its model id.")
+    passed: bool = Field(description="Whether every case passed for this model.")
+    cases_passed: str = Field(description="Cases passed out of total, e.g. 4/5.")
+    pass_rate: float = Field(description="Trials passed / trials run, over all cases.")
+    latency_seconds: LatencySummary | None = Field(default=None, description="Case latency.")
+    tokens: TokenUsage | None = Field(default=None, description="Observed tokens, all cases.")
+    cost_usd: float | None = Field(
+        default=None,
+        alias="costUSD",
+        description="Observed tokens times the operator's price; absent when unpriced.",
+    )
+
+
 class AgentTestStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -447,7 +748,14 @@ class AgentTestStatus(ApiModel):
     )
     cases: list[CaseResult] = Field(default_factory=list, description="Per-case results.")
     cases_passed: str | None = Field(
-        default=None, description="Passed out of total, e.g. 2/3 (the CASES column)."
+        default=None,
+        description=(
+            "Passed out of total, e.g. 2/3, and the pass rate over all trials when there "
+            "are several (the CASES column)."
+        ),
+    )
+    models: list[ModelResult] = Field(
+        default_factory=list, description="Per-model results (one entry without a matrix)."
     )
     summary: str | None = Field(default=None, description="One-line outcome.")
     duration: str | None = Field(

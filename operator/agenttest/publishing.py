@@ -149,7 +149,7 @@ def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.Pac
         entrypoint=test.spec.agent.entrypoint,
         requirements=list(test.spec.agent.requirements),
         environment=list(test.status.environment),
-        model=test.spec.model.wire(),
+        model=test.spec.primary_model.wire(),
         cases=[case.wire() for case in test.status.cases],
         summary=test.status.summary or "",
         namespace=test.namespace,

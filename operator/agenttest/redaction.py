@@ -116,9 +116,14 @@ def case(result: CaseResult, budget: int) -> CaseResult:
     failures = [shown(text, per_failure) for text in result.failures[:FAILURES_PER_CASE]]
     if len(result.failures) > FAILURES_PER_CASE:
         failures.append(f"… and {len(result.failures) - FAILURES_PER_CASE} more failures")
+    judge = result.judge
+    if judge is not None:
+        # The judge model's reasoning may quote the answer, secrets and all.
+        judge = judge.model_copy(update={"reason": shown(judge.reason, per_failure)})
     return result.model_copy(
         update={
             "name": cut(strip_controls(result.name), NAME_BYTES),
+            "judge": judge,
             "output": shown(result.output, max(256, budget // 2)),
             "failures": failures,
             "tool_calls": [

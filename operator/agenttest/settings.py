@@ -7,6 +7,7 @@ flags override them. The defaults work for the demo.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agenttest.models import Backend
+
+# US dollars per million tokens, the unit model price lists use.
+PRICE_KEYS = ("inputPerMillion", "outputPerMillion")
 
 
 def _default_state_dir() -> str:
@@ -99,6 +103,12 @@ class Settings:
     # operator runs in, else agenttest-system). Made on first start.
     operator_namespace: str = ""
     signing_secret: str = "agenttest-signing-key"
+    # Model prices for maxCostUSD and the cost in results: JSON text, or @PATH of a
+    # JSON file (a mounted ConfigMap), mapping a model id to US dollars per million
+    # tokens: {"my-model": {"inputPerMillion": 0.25, "outputPerMillion": 1.25}}.
+    # A model without a price has no cost, and its maxCostUSD checks fail.
+    # Checked at start (price_table): a bad table stops the operator.
+    model_prices: str = ""
     # Prometheus metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.
@@ -115,6 +125,42 @@ class Settings:
                 values[item.name] = _parse(item.name, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def price_table(self) -> dict[str, dict[str, float]]:
+        """model_prices parsed: model id -> inputPerMillion/outputPerMillion (USD).
+
+        ValueError names what is wrong; the file of @PATH is read here.
+        """
+        text = self.model_prices.strip()
+        if not text:
+            return {}
+        where = "AGENTTEST_MODEL_PRICES"
+        if text.startswith("@"):
+            where = text[1:]
+            try:
+                text = Path(where).read_text(encoding="utf-8")
+            except OSError as error:
+                raise ValueError(f"model prices {where}: {error.strerror}") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model prices in {where} are not JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"model prices in {where} must map model ids to prices")
+        table: dict[str, dict[str, float]] = {}
+        for model_id, price in raw.items():
+            if not isinstance(price, dict):
+                raise ValueError(f"model prices in {where}: {model_id!r} is not an object")
+            entry: dict[str, float] = {}
+            for key in PRICE_KEYS:
+                value = price.get(key)
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError(
+                        f"model prices in {where}: {model_id!r}.{key} must be a number >= 0"
+                    )
+                entry[key] = float(value)
+            table[str(model_id)] = entry
+        return table
 
     @classmethod
     def from_flags(

@@ -39,6 +39,7 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,16 +115,45 @@ class Snapshot:
         return SourceSnapshot(origin=self.origin, sha256=self.sha256, size_bytes=len(self.data))
 
 
-def runner_config(spec: AgentTestSpec, source: str) -> dict[str, Any]:
-    """What `python -m agenttest.runner` reads (the runner's config schema)."""
-    return {
+def runner_config(
+    spec: AgentTestSpec, source: str, prices: Mapping[str, Mapping[str, float]] | None = None
+) -> dict[str, Any]:
+    """What `python -m agenttest.runner` reads (the runner's config schema).
+
+    ``prices`` is the operator's price table; only the test's models' entries go.
+    """
+    models = spec.model_entries()
+    judge = spec.judge_model or spec.primary_model
+    wanted = {entry.model_id for entry in models} | {judge.model_id}
+    config: dict[str, Any] = {
         "agentSource": source,
         "entrypoint": spec.agent.entrypoint,
         "requirements": list(spec.agent.requirements),
-        "model": spec.model.wire(),
+        "models": [entry.wire() for entry in models],
         "cases": [case.wire() for case in spec.cases],
         "timeoutSeconds": spec.timeout_seconds,
+        "trials": spec.trials,
+        "passThreshold": spec.pass_threshold,
+        "matrixPolicy": spec.matrix_policy.value,
+        "prices": {
+            model_id: dict(price)
+            for model_id, price in (prices or {}).items()
+            if model_id in wanted
+        },
     }
+    if any(case.expect.judge is not None for case in spec.cases):
+        config["judgeModel"] = judge.wire()
+    return config
+
+
+def config_models(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every model a runner config names (the matrix and the judge's): what it may reach."""
+    models = list(config.get("models") or [])
+    if config.get("model"):
+        models.append(config["model"])
+    if config.get("judgeModel"):
+        models.append(config["judgeModel"])
+    return [dict(model) for model in models]
 
 
 async def _read_config_map(namespace: str, name: str, key: str) -> str:

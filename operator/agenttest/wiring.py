@@ -53,6 +53,7 @@ async def runtime(settings: Settings) -> Runtime:
     # A bad AGENTTEST_S3_SOURCE_ALLOW entry stops the operator here, at start, rather
     # than refusing every S3 source later with a message that blames the test.
     sources.s3_grants(settings.s3_source_allow)
+    settings.price_table()  # the same for a bad AGENTTEST_MODEL_PRICES
     kubeapi.load_config()
     namespace = runkeys.operator_namespace(settings.operator_namespace)
     return Runtime(

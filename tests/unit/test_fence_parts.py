@@ -22,7 +22,7 @@ def request(**model: Any) -> LaunchRequest:
         key=ExecutionKey("0123abcd-0000-0000-0000-00000000beef", 1),
         namespace="team",
         test_name="hello",
-        runner_config={"model": model, "cases": []},
+        runner_config={"models": [model], "cases": []},
         timeout_seconds=60,
     )
 

@@ -203,8 +203,9 @@ def test_all_cases_pass(
     greets = run.case("greets")
     assert set(greets) == {
         "name", "passed", "latencySeconds", "output", "failures", "modelCalls", "tokens",
-        "toolCalls",
+        "toolCalls", "trials", "passes", "interval",
     }  # fmt: skip
+    assert (greets["trials"], greets["passes"]) == (1, 1)
     assert (greets["passed"], greets["output"], greets["failures"]) == (True, GREETING, [])
     assert 0 < greets["latencySeconds"] < 5
     # What the gateway saw: one call, the scripted model's own token counts, no tools.

@@ -115,7 +115,7 @@ def parse_extra(entries: tuple[str, ...]) -> list[tuple[Network, int]]:
 
 
 def model_rule(model: dict[str, Any]) -> dict[str, Any]:
-    """The egress rule to the test's model (``runner_config["model"]``)."""
+    """The egress rule to one model the test names (an entry of ``runner_config["models"]``)."""
     endpoint = str(model.get("endpoint") or "")
     if not endpoint:
         if model.get("provider") == "bedrock":
@@ -143,15 +143,19 @@ def model_rule(model: dict[str, Any]) -> dict[str, Any]:
 
 def network_policy(
     metadata: dict[str, Any],
-    model: dict[str, Any],
+    models: list[dict[str, Any]],
     extra: list[tuple[Network, int]] | None = None,
 ) -> dict[str, Any]:
-    """The policy for one execution; `metadata` is the execution's (name, labels, owner)."""
+    """The policy for one execution; `metadata` is the execution's (name, labels, owner).
+
+    ``models`` are every model the judge calls (the matrix and the judge model).
+    """
     labels = metadata["labels"]
-    egress: list[dict[str, Any]] = [
-        {"to": [DNS_PEER], "ports": DNS_PORTS},
-        model_rule(model),
-    ]
+    egress: list[dict[str, Any]] = [{"to": [DNS_PEER], "ports": DNS_PORTS}]
+    for model in models:
+        rule = model_rule(model)
+        if rule not in egress:
+            egress.append(rule)
     egress += [
         {"to": [ip_block(network)], "ports": [{"protocol": "TCP", "port": port}]}
         for network, port in extra or []

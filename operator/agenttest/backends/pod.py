@@ -50,6 +50,7 @@ from agenttest.executions import (
 from agenttest.models import Backend
 from agenttest.objects import MANAGED_BY, owned_metadata, test_label
 from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest.sources import config_models
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def network_policy_manifest(
     request: LaunchRequest, extra: list[tuple[egress.Network, int]] | None = None
 ) -> dict[str, Any]:
     """The execution's NetworkPolicy; `egress.EgressRefused` if its model may not be reached."""
-    return egress.network_policy(metadata(request), request.runner_config.get("model") or {}, extra)
+    return egress.network_policy(metadata(request), config_models(request.runner_config), extra)
 
 
 def pod_manifest(

@@ -10,9 +10,9 @@ the judge evaluates, never a verdict.
 
 Messages (JSON objects, see channel.py)::
 
-    judge -> host  {"op": "setup", "agentSource", "entrypoint", "model": {...}}
+    judge -> host  {"op": "setup", "agentSource", "entrypoint", "models": {name: {...}}}
     host -> judge  {"op": "ready"} | {"op": "setup-failed", "reason"}
-    judge -> host  {"op": "ask", "query"}
+    judge -> host  {"op": "ask", "query", "model": name}
     host -> judge  {"op": "answer", "text"} | {"op": "error", "message"}
 """
 
@@ -54,8 +54,10 @@ def serve(channel: Channel, workdir: Path) -> int:
     setup = channel.receive()
     try:
         module = load_agent_module(str(setup["agentSource"]), workdir)
-        model = build_model(_model_config(setup["model"]))
-        supplier = AgentSupplier(module, str(setup.get("entrypoint") or "agent"), model)
+        models = {
+            str(name): build_model(_model_config(raw)) for name, raw in setup["models"].items()
+        }
+        supplier = AgentSupplier(module, str(setup.get("entrypoint") or "agent"), models)
     except SetupError as error:
         channel.send({"op": "setup-failed", "reason": error.reason})
         return 1
@@ -69,7 +71,7 @@ def serve(channel: Channel, workdir: Path) -> int:
         if message.get("op") != "ask":
             continue
         try:
-            agent = supplier.fresh()
+            agent = supplier.fresh(str(message.get("model") or supplier.first))
             answer = str(agent(str(message.get("query", "")))).strip()
         except SetupError as error:
             channel.send({"op": "error", "message": error.reason})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -121,15 +121,17 @@ def _takes_one_positional(factory: Callable[..., object]) -> bool:
 
 
 class AgentSupplier:
-    """Hands out an Agent with an empty conversation for every case.
+    """Hands out an Agent with an empty conversation for every case and trial.
 
     agent.py's entrypoint is either an Agent object, which is reused with its messages
-    cleared, or a factory, which is called again for each case.
+    cleared and its model set to the one asked for, or a factory, which is called
+    again each time (with that model when it takes one).
     """
 
-    def __init__(self, module: ModuleType, entrypoint: str, model: Model) -> None:
+    def __init__(self, module: ModuleType, entrypoint: str, models: Mapping[str, Model]) -> None:
         self._entrypoint = entrypoint
-        self._model = model
+        self._models = dict(models)
+        self.first = next(iter(self._models))
         self._agent: Agent | None = None
         self._factory: Callable[..., object] | None = None
         self._spare: Agent | None = None
@@ -143,14 +145,20 @@ class AgentSupplier:
             self._factory = target
             # Build the first agent now, so a broken factory is one setup error
             # rather than the same error repeated in every case.
-            self._spare = self._from_factory(target)
+            self._spare = self._from_factory(target, self.first)
         else:
             raise SetupError(f"entrypoint {entrypoint!r} is not an Agent or a factory")
 
-    def _from_factory(self, factory: Callable[..., object]) -> Agent:
+    def _model(self, name: str) -> Model:
+        if name not in self._models:
+            raise SetupError(f"no model named {name!r}")
+        return self._models[name]
+
+    def _from_factory(self, factory: Callable[..., object], name: str) -> Agent:
+        model = self._model(name)
         pass_model = _takes_one_positional(factory)
         try:
-            made = factory(self._model) if pass_model else factory()
+            made = factory(model) if pass_model else factory()
         except Exception as error:
             raise SetupError(
                 f"entrypoint {self._entrypoint!r} raised {type(error).__name__}: {error}"
@@ -160,18 +168,18 @@ class AgentSupplier:
                 f"entrypoint {self._entrypoint!r} returned {type(made).__name__}, not an Agent"
             )
         if not pass_model:
-            made.model = self._model
+            made.model = model
         return made
 
-    def fresh(self) -> Agent:
-        """An agent with no conversation history, wired to the configured model."""
+    def fresh(self, name: str) -> Agent:
+        """An agent with no conversation history, wired to the model called ``name``."""
         if self._agent is not None:
             # Agent.model and Agent.messages are plain attributes, read on every call.
-            self._agent.model = self._model
+            self._agent.model = self._model(name)
             self._agent.messages = []
             return self._agent
-        if self._spare is not None:
+        if self._spare is not None and name == self.first:
             spare, self._spare = self._spare, None
             return spare
         assert self._factory is not None
-        return self._from_factory(self._factory)
+        return self._from_factory(self._factory, name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import os
 import secrets
 import shutil
@@ -31,12 +32,12 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agenttest.runner.channel import Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.config import Case, ConfigError, ModelConfig, RunConfig, parse_config_text
 from agenttest.runner.confine import children, kill_descendants, spawn
-from agenttest.runner.expectations import check_answer
 from agenttest.runner.protocol import (
     CONFIG_ENV,
     CONFIG_S3_ENV,
@@ -48,8 +49,11 @@ from agenttest.runner.protocol import (
     RUN_KEY_ENV,
     CaseOutcome,
     Emitter,
+    ModelOutcome,
     Observation,
     RunResult,
+    TrialRecord,
+    case_label,
     failed_setup,
     one_line,
     parse_run_key,
@@ -59,6 +63,7 @@ from agenttest.runner.protocol import (
 )
 from agenttest.runner.relay import Budget, Relay
 from agenttest.runner.requirements import InstallFailed, environment, install_requirements
+from agenttest.runner.trials import Tally, failure_counts, percentile
 
 if TYPE_CHECKING:
     from agenttest.runner.gateway import ModelGateway, Observed
@@ -144,18 +149,22 @@ class AgentHost:
             return "the agent host broke the channel"
         return f"the agent host exited with code {code}"
 
-    def setup(self, config: RunConfig, model: ModelConfig, deadline: Deadline) -> None:
+    def setup(self, config: RunConfig, models: Sequence[ModelConfig], deadline: Deadline) -> None:
+        """Load agent.py with ``models`` (each at its gateway) to choose from per question."""
         self.channel.send(
             {
                 "op": "setup",
                 "agentSource": config.agent_source,
                 "entrypoint": config.entrypoint,
-                "model": {
-                    "provider": model.provider,
-                    "modelId": model.model_id,
-                    "endpoint": model.endpoint,
-                    "region": model.region,
-                    "temperature": model.temperature,
+                "models": {
+                    model.name: {
+                        "provider": model.provider,
+                        "modelId": model.model_id,
+                        "endpoint": model.endpoint,
+                        "region": model.region,
+                        "temperature": model.temperature,
+                    }
+                    for model in models
                 },
             }
         )
@@ -170,9 +179,12 @@ class AgentHost:
         if reply.get("op") != "ready":
             raise SetupFailed("the agent host answered setup with something else")
 
-    def ask(self, query: str, deadline: Deadline) -> tuple[str | None, str | None]:
-        """(answer, None) or (None, why it failed); TimedOut at the deadline."""
-        self.channel.send({"op": "ask", "query": query})
+    def ask(self, query: str, model: str, deadline: Deadline) -> tuple[str | None, str | None]:
+        """(answer, None) or (None, why it failed); TimedOut at the deadline.
+
+        Each question gets a fresh conversation with the model named ``model``.
+        """
+        self.channel.send({"op": "ask", "query": query, "model": model})
         try:
             reply = self.channel.receive(deadline.remaining())
         except ChannelTimeout:
@@ -231,12 +243,23 @@ def observation(observed: Observed) -> Observation:
     )
 
 
-def log_case(out: Emitter, outcome: CaseOutcome) -> None:
+def log_case(out: Emitter, outcome: CaseOutcome, detailed: bool) -> None:
+    """The case's line; ``detailed`` (trials or a matrix) gives the pass rate too."""
     timing = f"({outcome.latency_seconds:.2f}s)"
+    label = case_label(outcome)
+    verdict_word = "PASS" if outcome.passed else "FAIL"
+    if detailed and outcome.interval is not None:
+        low, high = outcome.interval
+        flaky = ", flaky" if 0 < outcome.pass_count < outcome.trials else ""
+        timing = (
+            f"{outcome.pass_count}/{outcome.trials} trials "
+            f"(95% interval {100 * low:.0f}-{100 * high:.0f}%{flaky}), "
+            f"mean {outcome.latency_seconds:.2f}s"
+        )
     if outcome.passed:
-        out.log(f"case {outcome.name}: PASS {timing}")
+        out.log(f"case {label}: {verdict_word} {timing}")
     else:
-        out.log(f"case {outcome.name}: FAIL {timing} - {'; '.join(outcome.failures)}")
+        out.log(f"case {label}: {verdict_word} {timing} - {'; '.join(outcome.failures)}")
     if outcome.output:
         out.log(f"  answer: {truncate(one_line(outcome.output), LOG_ANSWER_LIMIT)}")
     if outcome.observed is not None and outcome.observed.model_calls:
@@ -246,6 +269,94 @@ def log_case(out: Emitter, outcome: CaseOutcome) -> None:
             f"  observed: {seen.model_calls} model calls, "
             f"{seen.input_tokens}+{seen.output_tokens} tokens{tools}"
         )
+    if outcome.judge_score is not None:
+        out.log(
+            f"  judge: score {outcome.judge_score:.2f}: "
+            + truncate(one_line(outcome.judge_reason), 300)
+        )
+
+
+def log_trial(
+    out: Emitter, case: Case, model: ModelConfig | None, record: TrialRecord, of: int
+) -> None:
+    label = f"{case.name} [{model.name}]" if model is not None else case.name
+    word = "PASS" if record.passed else "FAIL"
+    why = f" - {'; '.join(record.failures)}" if record.failures else ""
+    out.log(f"case {label} trial {record.trial}/{of}: {word} ({record.latency_seconds:.2f}s){why}")
+
+
+class Evaluators:
+    """strands_evals, imported on a thread while the agent host starts (~0.9 s)."""
+
+    def __init__(self) -> None:
+        self._module: ModuleType | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._load, name="import-evaluators", daemon=True)
+
+    def start(self) -> Evaluators:
+        self._thread.start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self._module = importlib.import_module("agenttest.runner.evaluation")
+        except BaseException as error:  # reported where it is needed
+            self._error = error
+
+    def module(self) -> ModuleType:
+        self._thread.join()
+        if self._module is None:
+            raise SetupFailed(f"cannot load the evaluators (strands-agents-evals): {self._error}")
+        return self._module
+
+
+def summarise_case(
+    case: Case, model: ModelConfig | None, runs: Sequence[TrialRecord], threshold: float
+) -> CaseOutcome:
+    """A case over its trials: the pass rate against the threshold decides."""
+    tally = Tally(sum(1 for run in runs if run.passed), len(runs), threshold)
+    shown = next((run for run in runs if not run.passed), runs[-1])
+    judged = [run.judge_score for run in runs if run.judge_score is not None]
+    judge_reason = next(
+        (run.judge_reason for run in runs if not run.passed and run.judge_score is not None),
+        shown.judge_reason,
+    )
+    return CaseOutcome(
+        name=case.name,
+        passed=tally.passed,
+        latency_seconds=sum(run.latency_seconds for run in runs) / len(runs),
+        output=shown.answer,
+        failures=tuple(failure_counts([run.failures for run in runs])),
+        observed=shown.observed,
+        model=model.name if model is not None else None,
+        trials=tally.trials,
+        passes=tally.passes,
+        interval=tally.interval,
+        judge_score=sum(judged) / len(judged) if judged else None,
+        judge_reason=judge_reason,
+        runs=tuple(runs),
+    )
+
+
+def summarise_model(model: ModelConfig, cases: Sequence[CaseOutcome]) -> ModelOutcome:
+    runs = [run for case in cases for run in case.runs]
+    latencies = [run.latency_seconds for run in runs]
+    costs = [run.cost_usd for run in runs]
+    return ModelOutcome(
+        name=model.name,
+        provider=model.provider,
+        model_id=model.model_id,
+        passed=bool(cases) and all(case.passed for case in cases),
+        cases=len(cases),
+        cases_passed=sum(1 for case in cases if case.passed),
+        trials_run=len(runs),
+        trials_passed=sum(1 for run in runs if run.passed),
+        latency_mean=sum(latencies) / len(latencies) if latencies else 0.0,
+        latency_p95=percentile(latencies, 0.95),
+        input_tokens=sum(run.observed.input_tokens for run in runs),
+        output_tokens=sum(run.observed.output_tokens for run in runs),
+        cost_usd=None if not costs or None in costs else sum(c or 0.0 for c in costs),
+    )
 
 
 class Run:
@@ -261,27 +372,38 @@ class Run:
         # run hands to the agent host, and what the agent host imports from.
         self.source_sha256 = source_digest(config.agent_source)
         self.environment: tuple[str, ...] = ()
+        # Several trials or models: logs and results give rates and model names.
+        self.detailed = config.trials > 1 or len(config.models) > 1
+        self.judge_tokens = (0, 0)  # what the judge model used, for the report
 
-    def timed_out_result(self, current: tuple[str, float] | None = None) -> RunResult:
+    @property
+    def total_cases(self) -> int:
+        return len(self.config.cases) * len(self.config.models)
+
+    def timed_out_result(self, current: _CaseTimedOut | None = None) -> RunResult:
         cases = list(self.finished)
         if current is not None:
-            name, started = current
             limit = format_seconds(self.deadline.seconds)
             cases.append(
                 CaseOutcome(
-                    name,
+                    current.case,
                     False,
-                    time.perf_counter() - started,
+                    time.perf_counter() - current.started,
                     "",
                     (f"timeout: still running when the {limit}s limit was reached",),
+                    model=current.model,
+                    trials=self.config.trials,
+                    passes=current.passes,
+                    interval=None,
                 )
             )
         return RunResult(
             passed=False,
             reason=self.deadline.reason,
-            total_cases=len(self.config.cases),
+            total_cases=self.total_cases,
             cases=tuple(cases),
             timed_out=True,
+            trials=self.config.trials,
         )
 
     def _agent_dir(self) -> Path:
@@ -336,10 +458,10 @@ class Run:
 
     def _execute(self, spare: frozenset[int]) -> RunResult:
         config = self.config
-        total = len(config.cases)
         agent_dir = self._agent_dir()
         host: AgentHost | None = None
-        gateway: ModelGateway | None = None
+        gateways: list[ModelGateway] = []
+        evaluators = Evaluators().start()
         try:
             self.out.phase(PHASE_BUILDING)
             site = self._install(agent_dir)
@@ -349,40 +471,65 @@ class Run:
             # Imported while the agent host starts: botocore alone takes ~0.15 s.
             from agenttest.runner.gateway import ModelGateway, Upstream
 
-            gateway = ModelGateway(
-                Upstream(
-                    config.model.provider,
-                    config.model.endpoint,
-                    config.model.region,
-                    models=(config.model.model_id,),
+            def gateway_for(model: ModelConfig) -> ModelGateway:
+                upstream = Upstream(
+                    model.provider, model.endpoint, model.region, models=(model.model_id,)
                 )
-            ).start()
+                gateway = ModelGateway(upstream).start()
+                gateways.append(gateway)
+                return gateway
+
+            # One gateway per model: what each one saw is that model's alone.
+            model_gateways = [gateway_for(model) for model in config.models]
+            judge_gateway = gateway_for(config.judge_model) if config.judge_model else None
             self.out.log(f"loading agent.py, entrypoint {config.entrypoint!r}")
-            agent_model = ModelConfig(
-                provider=config.model.provider,
-                model_id=config.model.model_id,
-                endpoint=gateway.url,
-                region=config.model.region,
-                temperature=config.model.temperature,
-            )
+            agent_models = [
+                dataclasses.replace(model, endpoint=gateway.url)
+                for model, gateway in zip(config.models, model_gateways, strict=True)
+            ]
             # Listed while the agent host imports Strands, and before it is sent
             # agent.py: no agent code has run yet.
             self._list_environment(site)
-            host.setup(config, agent_model, self.deadline)
+            host.setup(config, agent_models, self.deadline)
             self.out.phase(PHASE_RUNNING)
-            self.out.log(
-                f"model {config.model.provider}/{config.model.model_id} at "
-                f"{config.model.describe()}, through the judge's gateway"
+            for model in config.models:
+                self.out.log(
+                    f"model {model.provider}/{model.model_id} at {model.describe()}, "
+                    "through the judge's gateway"
+                    + (f" (matrix entry {model.name})" if len(config.models) > 1 else "")
+                )
+            evaluation = evaluators.module()
+            judge = self._judge_model(judge_gateway)
+            if self.detailed:
+                self.out.log(
+                    f"{config.trials} trial{'s' if config.trials > 1 else ''} per case, "
+                    f"pass threshold {config.pass_threshold:g}"
+                    + (f", matrix policy {config.matrix_policy}" if len(config.models) > 1 else "")
+                )
+            for model, gateway in zip(config.models, model_gateways, strict=True):
+                for case in config.cases:
+                    checks = evaluation.checks_for(
+                        case.expect,
+                        judge,
+                        config.judge_model.model_id if config.judge_model else "",
+                    )
+                    outcome = self._run_case(
+                        case, model, host, gateway, judge_gateway, evaluation, checks
+                    )
+                    self.finished.append(outcome)
+                    host.flush()
+                    log_case(self.out, outcome, self.detailed)
+            by_model = [
+                summarise_model(model, [c for c in self.finished if c.model in (model.name, None)])
+                for model in config.models
+            ]
+            return verdict(
+                self.finished, self.total_cases, by_model, config.matrix_policy, config.trials
             )
-            for case in config.cases:
-                self.finished.append(self._run_case(case, host, gateway))
-                host.flush()
-                log_case(self.out, self.finished[-1])
-            return verdict(self.finished, total)
         except SetupFailed as error:
-            return failed_setup(error.reason, total)
+            return failed_setup(error.reason, self.total_cases)
         except _CaseTimedOut as error:
-            return self.timed_out_result((error.case, error.started))
+            return self.timed_out_result(error)
         except TimedOut:
             return self.timed_out_result()
         finally:
@@ -394,29 +541,128 @@ class Run:
                     )
             else:
                 kill_descendants(spare)
-            if gateway is not None:
+            for gateway in gateways:
                 gateway.stop()
             shutil.rmtree(agent_dir, ignore_errors=True)
 
-    def _run_case(self, case: Case, host: AgentHost, gateway: ModelGateway) -> CaseOutcome:
-        self.out.log(f"case {case.name}: asking {truncate(one_line(case.query), 200)!r}")
-        if self.deadline.expired():
-            raise TimedOut
-        gateway.open_case(case.name)
-        started = time.perf_counter()
+    def _judge_model(self, gateway: ModelGateway | None) -> Any:
+        """The strands model judge rubrics are scored with, at its own gateway."""
+        judge = self.config.judge_model
+        if judge is None or gateway is None:
+            return None
+        from agenttest.runner.agentloader import SetupError, build_model
+
         try:
-            answer, error = host.ask(case.query, self.deadline)
-        except TimedOut:
-            gateway.close_case()
-            raise _CaseTimedOut(case.name, started) from None
-        latency = time.perf_counter() - started
-        observed = gateway.close_case()
-        seen = observation(observed)
+            return build_model(dataclasses.replace(judge, endpoint=gateway.url))
+        except SetupError as error:
+            raise SetupFailed(f"judge model: {error.reason}") from None
+
+    def _run_case(
+        self,
+        case: Case,
+        model: ModelConfig,
+        host: AgentHost,
+        gateway: ModelGateway,
+        judge_gateway: ModelGateway | None,
+        evaluation: ModuleType,
+        checks: Any,
+    ) -> CaseOutcome:
+        config = self.config
+        entry = model if len(config.models) > 1 else None
+        entry_name = entry.name if entry is not None else None
+        label = case_label(CaseOutcome(case.name, False, 0.0, model=entry_name))
+        self.out.log(f"case {label}: asking {truncate(one_line(case.query), 200)!r}")
+        runs: list[TrialRecord] = []
+        for trial in range(1, config.trials + 1):
+            if self.deadline.expired():
+                raise TimedOut
+            gateway.open_case(f"{case.name}#{trial}")
+            started = time.perf_counter()
+            try:
+                answer, error = host.ask(case.query, model.name, self.deadline)
+            except TimedOut:
+                gateway.close_case()
+                passes = sum(1 for run in runs if run.passed)
+                raise _CaseTimedOut(case.name, entry_name, started, passes) from None
+            latency = time.perf_counter() - started
+            observed = gateway.close_case()
+            record = self._trial(
+                trial,
+                case,
+                model,
+                answer,
+                error,
+                latency,
+                observed,
+                judge_gateway,
+                evaluation,
+                checks,
+            )
+            runs.append(record)
+            if config.trials > 1:
+                host.flush()
+                log_trial(self.out, case, entry, record, config.trials)
+        outcome = summarise_case(case, entry, runs, config.pass_threshold)
+        return outcome
+
+    def _trial(
+        self,
+        trial: int,
+        case: Case,
+        model: ModelConfig,
+        answer: str | None,
+        error: str | None,
+        latency: float,
+        gateway_saw: Observed,
+        judge_gateway: ModelGateway | None,
+        evaluation: ModuleType,
+        checks: Any,
+    ) -> TrialRecord:
+        """Evaluate one trial's answer with what the gateway saw."""
+        begun = time.perf_counter()
+        seen = observation(gateway_saw)
+        price = self.config.prices.get(model.model_id)
+        cost = price.cost(seen.input_tokens, seen.output_tokens) if price else None
         if answer is None:
-            failure = describe_failure(error or "no answer", observed, self.config.model)
-            return CaseOutcome(case.name, False, latency, "", (failure,), seen)
-        failures = tuple(check_answer(answer, latency, case.expect))
-        return CaseOutcome(case.name, not failures, latency, answer, failures, seen)
+            failure = describe_failure(error or "no answer", gateway_saw, model)
+            return TrialRecord(trial, False, "", failure, latency, seen, cost, (), (failure,))
+        observed = evaluation.Observed(
+            query=case.query,
+            answer=answer,
+            latency_seconds=latency,
+            tool_calls=seen.tool_calls,
+            input_tokens=seen.input_tokens,
+            output_tokens=seen.output_tokens,
+            model_id=model.model_id,
+            price=price,
+        )
+        if checks.judged and judge_gateway is not None:
+            judge_gateway.open_case(f"judge {case.name}#{trial}")
+        try:
+            verdicts = evaluation.evaluate(observed, checks, case.name)
+        finally:
+            if checks.judged and judge_gateway is not None:
+                used = judge_gateway.close_case()
+                self.judge_tokens = (
+                    self.judge_tokens[0] + used.input_tokens,
+                    self.judge_tokens[1] + used.output_tokens,
+                )
+        failures = tuple(evaluation.failures(verdicts))
+        judged = next((v for v in verdicts if v.name == "judge"), None)
+        return TrialRecord(
+            trial=trial,
+            passed=not failures,
+            answer=answer,
+            error=None,
+            latency_seconds=latency,
+            observed=seen,
+            cost_usd=cost,
+            evaluators=tuple(v.to_json() for v in verdicts),
+            failures=failures,
+            judge_score=judged.score if judged is not None else None,
+            judge_reason=judged.reason if judged is not None else "",
+            evaluation_seconds=time.perf_counter() - begun,
+        )
 
 
 @contextlib.contextmanager
@@ -438,10 +684,12 @@ def stop_on_term(spare: frozenset[int]) -> Iterator[None]:
 
 
 class _CaseTimedOut(Exception):
-    def __init__(self, case: str, started: float) -> None:
+    def __init__(self, case: str, model: str | None, started: float, passes: int) -> None:
         super().__init__(case)
         self.case = case
+        self.model = model
         self.started = started
+        self.passes = passes  # trials of the case that passed before the deadline
 
 
 def run(config: RunConfig, workdir: Path, out: Emitter) -> RunResult:

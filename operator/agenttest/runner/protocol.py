@@ -17,6 +17,7 @@ where the HMAC covers ``"<seq> <json>"``, and ``seq`` starts at 1 and only incre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -153,18 +154,58 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a case as the judge saw it: for the report, never the result line."""
+
+    trial: int  # 1-based
+    passed: bool
+    answer: str
+    error: str | None
+    latency_seconds: float
+    observed: Observation
+    cost_usd: float | None = None
+    # Each evaluator's verdict: {"name", "passed", "score", "reason"}.
+    evaluators: tuple[dict[str, Any], ...] = ()
+    failures: tuple[str, ...] = ()
+    judge_score: float | None = None
+    judge_reason: str = ""
+    # The judge's own time for the trial, the answer's wait excluded: evaluating it
+    # (the LLM judge's calls included, when the case has a rubric).
+    evaluation_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class CaseOutcome:
+    """A case (of one model) over all its trials.
+
+    output, failures and observed describe one trial: the first that failed, else
+    the last; failures say how many trials had each (trials.failure_counts).
+    """
+
     name: str
     passed: bool
-    latency_seconds: float
+    latency_seconds: float  # mean over the trials
     output: str = ""
     failures: tuple[str, ...] = ()
     observed: Observation | None = None
+    model: str | None = None  # the matrix entry; None without a matrix
+    trials: int = 1
+    passes: int | None = None  # None: one trial, passes is 1 or 0
+    interval: tuple[float, float] | None = None
+    judge_score: float | None = None  # mean over the trials
+    judge_reason: str = ""
+    runs: tuple[TrialRecord, ...] = ()
+
+    @property
+    def pass_count(self) -> int:
+        if self.passes is not None:
+            return self.passes
+        return 1 if self.passed else 0
 
     def to_json(
         self, output_limit: int = OUTPUT_LIMIT, failure_limit: int = FAILURE_LIMIT
     ) -> dict[str, Any]:
-        result = {
+        result: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
             "latencySeconds": round(self.latency_seconds, 3),
@@ -173,6 +214,63 @@ class CaseOutcome:
         }
         if self.observed is not None:
             result.update(self.observed.to_json())
+        if self.model is not None:
+            result["model"] = self.model
+        if self.passes is not None:
+            result["trials"] = self.trials
+            result["passes"] = self.passes
+        if self.interval is not None:
+            result["interval"] = {
+                "low": round(self.interval[0], 4),
+                "high": round(self.interval[1], 4),
+            }
+        if self.judge_score is not None:
+            result["judge"] = {
+                "score": round(self.judge_score, 4),
+                "reason": truncate(self.judge_reason, failure_limit),
+            }
+        return result
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """How one model did over every case and trial."""
+
+    name: str
+    provider: str
+    model_id: str
+    passed: bool
+    cases: int
+    cases_passed: int
+    trials_run: int
+    trials_passed: int
+    latency_mean: float
+    latency_p95: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+    @property
+    def pass_rate(self) -> float:
+        return self.trials_passed / self.trials_run if self.trials_run else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "name": self.name,
+            "provider": self.provider,
+            "modelId": self.model_id,
+            "passed": self.passed,
+            "cases": self.cases,
+            "casesPassed": self.cases_passed,
+            "passRate": round(self.pass_rate, 4),
+            "latencySeconds": {
+                "mean": round(self.latency_mean, 3),
+                "p95": round(self.latency_p95, 3),
+            },
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+        }
+        if self.cost_usd is not None:
+            result["costUSD"] = round(self.cost_usd, 6)
         return result
 
 
@@ -188,11 +286,19 @@ class RunResult:
     # The agent host's distributions as name==version (requirements.environment);
     # empty when not listed (setup failed first, or more than ENVIRONMENT_LIMIT).
     environment: tuple[str, ...] = ()
+    models: tuple[ModelOutcome, ...] = ()
+    trials: int = 1  # per case
 
     @property
     def summary(self) -> str:
+        """ "2/3 cases passed", with the pass rate over every trial when a case had several."""
         passed = sum(1 for case in self.cases if case.passed)
-        return f"{passed}/{self.total_cases} cases passed"
+        text = f"{passed}/{self.total_cases} cases passed"
+        if self.trials > 1 and self.cases:
+            run = sum(case.trials for case in self.cases)
+            passes = sum(case.pass_count for case in self.cases)
+            text += f", {100 * passes / run:.0f}% of {run} trials"
+        return text
 
     def to_json(self) -> dict[str, Any]:
         """The result event, within RESULT_LINE_LIMIT: answers are cut shorter to fit.
@@ -213,6 +319,10 @@ class RunResult:
                 event["sourceSha256"] = self.source_sha256
             if self.environment:
                 event["environment"] = list(self.environment)
+            if self.models:
+                event["models"] = [model.to_json() for model in self.models]
+            if self.trials > 1:
+                event["trials"] = self.trials
             size = len(json.dumps(event, separators=(",", ":")))
             if size <= RESULT_LINE_LIMIT or output_limit <= 40:
                 return event
@@ -233,6 +343,7 @@ class ResultEvent:
     cases: tuple[dict[str, Any], ...]
     source_sha256: str | None = None
     environment: tuple[str, ...] = ()
+    models: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, event: dict[str, Any]) -> ResultEvent:
@@ -260,6 +371,9 @@ class ResultEvent:
             )
         ):
             raise ValueError(f"environment is not a list of at most {ENVIRONMENT_LIMIT} pins")
+        models = event.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+            raise ValueError("models is not a list of objects")
         return cls(
             passed=passed,
             reason=str(event.get("reason") or ""),
@@ -267,6 +381,7 @@ class ResultEvent:
             cases=tuple(cases),
             source_sha256=digest,
             environment=tuple(environment),
+            models=tuple(models),
         )
 
 
@@ -275,17 +390,48 @@ def failed_setup(reason: str, total_cases: int) -> RunResult:
     return RunResult(passed=False, reason=reason, total_cases=total_cases)
 
 
-def verdict(cases: Sequence[CaseOutcome], total_cases: int) -> RunResult:
-    """The result of a run whose cases all ran."""
-    failed = [case.name for case in cases if not case.passed]
+def case_label(case: CaseOutcome) -> str:
+    """A case's name, with its model in a matrix: "refund [small]"."""
+    return f"{case.name} [{case.model}]" if case.model is not None else case.name
+
+
+def verdict(
+    cases: Sequence[CaseOutcome],
+    total_cases: int,
+    models: Sequence[ModelOutcome] = (),
+    policy: str = "all",
+    trials: int = 1,
+) -> RunResult:
+    """The result of a run whose cases all ran.
+
+    With several models, each passes when all its cases did, and ``policy`` ("all"
+    or "any") turns theirs into the test's.
+    """
+    failed = [case for case in cases if not case.passed]
+    if len(models) > 1:
+        verdicts = [model.passed for model in models]
+        passed = any(verdicts) if policy == "any" else all(verdicts)
+    else:
+        passed = not failed
+    result = RunResult(
+        passed=passed,
+        reason="",
+        total_cases=total_cases,
+        cases=tuple(cases),
+        models=tuple(models),
+        trials=trials,
+    )
     if not failed:
-        return RunResult(passed=True, reason="", total_cases=total_cases, cases=tuple(cases))
-    names = ", ".join(failed[:5]) + (", …" if len(failed) > 5 else "")
+        return result
+    names = ", ".join(case_label(case) for case in failed[:5]) + (", …" if len(failed) > 5 else "")
     # The first failure often explains all of them (e.g. the model is unreachable).
-    first = next(case for case in cases if not case.passed)
+    first = failed[0]
     detail = truncate(first.failures[0], 200) if first.failures else "failed"
-    reason = f"{len(failed)} of {len(cases)} cases failed: {names}; {first.name}: {detail}"
-    return RunResult(passed=False, reason=reason, total_cases=total_cases, cases=tuple(cases))
+    reason = f"{len(failed)} of {len(cases)} cases failed: {names}; {case_label(first)}: {detail}"
+    if len(models) > 1:
+        good = [model.name for model in models if model.passed]
+        reason = f"models passed: {', '.join(good) or 'none'} (matrixPolicy {policy}); " + reason
+    return dataclasses.replace(result, reason=reason)
 
 
 class Emitter:
