@@ -96,8 +96,36 @@ TOOL_RESULT_PLACEHOLDER = "{tool_result}"
 # StructuredOutputTool should only be invoked as the last and final tool ...".
 STRUCTURED_OUTPUT_TOOL_MARKER = "StructuredOutputTool"
 
-# The script the demo runs with: enough for a greeting agent and a fact question.
+# Only strands_evals' OutputEvaluator prompt carries this tag (compose_test_prompt ends
+# every judge prompt with "<Rubric>...</Rubric>"); questions to an agent never do.
+JUDGE_PROMPT_MARKER = "<Rubric>"
+
+# The demo's answers, so its judge rule vouches for them and for nothing else.
+_DEMO_ANSWERS = (
+    r"Hello! I am a scripted model|The capital of France is Paris|The weather in Paris is"
+)
+
+# The script the demo runs with: a greeting agent, a fact question, a weather agent with a
+# tool, and a judge (OutputEvaluator) that passes those answers and fails any other. The
+# judge rules come first because a judge prompt quotes the case's input and answer, which
+# the agent rules below would match too.
 DEFAULT_SCRIPT: list[dict[str, Any]] = [
+    {
+        "match": rf"(?s)<Output>\s*(?:{_DEMO_ANSWERS}).*<Rubric>",
+        "structuredOutput": {
+            "score": 1.0,
+            "test_pass": True,
+            "reason": "The output is the expected answer and meets the rubric.",
+        },
+    },
+    {
+        "match": re.escape(JUDGE_PROMPT_MARKER),
+        "structuredOutput": {
+            "score": 0.0,
+            "test_pass": False,
+            "reason": "The output is not one of the answers this scripted judge knows to be right.",
+        },
+    },
     {
         "match": r"hello|hi\b|greet",
         "reply": "Hello! I am a scripted model, happy to help.",
@@ -105,6 +133,11 @@ DEFAULT_SCRIPT: list[dict[str, Any]] = [
     {
         "match": r"capital of france",
         "reply": "The capital of France is Paris.",
+    },
+    {
+        "match": r"weather in paris",
+        "toolCalls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+        "reply": "The weather in Paris is {tool_result}.",
     },
 ]
 

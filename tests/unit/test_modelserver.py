@@ -424,6 +424,28 @@ def test_structured_output_comes_after_the_tool_calls_then_text() -> None:
     assert json.loads(after.text) == STRUCTURED
 
 
+def test_judge_rules_of_the_default_script_come_before_the_agent_rules() -> None:
+    rules = parse_rules(DEFAULT_SCRIPT)
+    judged_good = "<Input>Say hello</Input>\n<Output>Hello! I am a scripted model, happy to help."
+    judged_bad = "<Input>Say hello</Input>\n<Output>I heard: Say hello"
+    tools = {
+        "tools": [{"function": {"name": "EvaluationOutput", "description": MARKED.description}}]
+    }
+    for output, passed in ((judged_good, True), (judged_bad, False)):
+        prompt = f"Evaluate this.\n{output}</Output>\n<Rubric>Greets politely.</Rubric>"
+        reply = choose_reply(rules, [user(prompt)], tools)
+        assert reply.tool_call is not None and reply.tool_call.name == "EvaluationOutput"
+        assert reply.tool_call.arguments["test_pass"] is passed
+    # Questions to the agents are answered as before.
+    assert choose_reply(rules, [user("Say hello")]).text == GREETING
+    weather = choose_reply(rules, [user("What is the weather in Paris?")])
+    assert weather.tool_call is not None
+    assert (weather.tool_call.name, weather.tool_call.arguments) == (
+        "get_weather",
+        {"city": "Paris"},
+    )
+
+
 def test_chunks_rejoin_to_the_reply() -> None:
     assert split_into_chunks("Hello! I am  here.") == ["Hello! ", "I ", "am  ", "here."]
     assert "".join(split_into_chunks(GREETING)) == GREETING
