@@ -14,6 +14,49 @@ or embed it in tests::
         model = OllamaModel(host=server.url, model_id="scripted")
         # or: BedrockModel(model_id="any", endpoint_url=server.url, region_name="us-east-1")
 
+A script is a JSON list of rules (or ``{"rules": [...]}``). The first rule whose
+``match`` is found (case-insensitive ``re.search``) in the last user message, and whose
+``models`` (if given) names the requested model, answers; no rule: "I heard: <question>".
+
+``match`` (required)
+    A regular expression.
+``reply``
+    The text answer; ``{tool_result}`` is replaced by the results of the rule's tool
+    calls, newline-joined, in order. Required unless ``structuredOutput`` is given (it
+    then defaults to that document as JSON).
+``toolCall`` / ``toolCalls``
+    ``{"name", "arguments"}`` or a list of them. The model asks for them one per turn,
+    in order: the step is the number of tool-call turns since the last user message
+    (Ollama: assistant messages with ``tool_calls`` / runs of ``tool`` messages;
+    Bedrock: messages with ``toolUse`` / ``toolResult`` blocks; the larger count). Once
+    all were asked and answered, the rule gives its reply.
+``models``
+    A list of model ids (Ollama: the body's ``model``; Bedrock: the path's model id,
+    decoded); the rule applies to requests for those models only.
+``correct`` + ``wrongReply``
+    ``{"k", "n", "seed"}`` (integers, ``0 <= k <= n``, ``n >= 1``): of every n
+    consecutive conversations the rule answers, counted per rule and per model id at a
+    conversation's first call (one with no trailing tool results), exactly k get
+    ``reply`` and the others ``wrongReply``; the positions are
+    ``random.Random(seed).sample(range(n), k)``, the same in every block of n, so the
+    sequence is the same in every run and process. ``ScriptedModelServer.reset_counters()``
+    starts the counts again.
+``structuredOutput`` (+ ``structuredOutputTool``)
+    A JSON object the model hands over as structured output, after any tool calls: it
+    calls the structured-output tool the request offers (see ``structured_output_tool``
+    for how it is picked by name) with the object as arguments. strands validates it
+    and ends the turn without another model call. When the request asks for JSON text
+    instead (Bedrock ``outputConfig``, Ollama ``format``) or offers no such tool, the
+    object is the text answer.
+``delaySeconds``
+    Hold each answer back this long.
+
+Order matters. strands_evals' ``OutputEvaluator`` sends one user message holding the
+case's input, the answer under judgement and the rubric (``<Input>...</Input>
+<Output>...</Output><Rubric>...</Rubric>``), so an agent rule matching the input or the
+answer would answer the judge too; put judge rules, matched on ``<Rubric>`` and the
+output, before the agent rules, as ``DEFAULT_SCRIPT`` does.
+
 Standard library only, so it can run in any container that has Python.
 """
 
@@ -22,6 +65,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import re
 import signal
 import struct
@@ -29,9 +73,11 @@ import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,11 +89,43 @@ from urllib.parse import unquote, urlsplit
 SERVER_VERSION = "0.0.0-scripted"
 DEFAULT_MODEL_NAME = "scripted"
 
-# The placeholder a rule's reply uses to quote the tool result it was given.
+# The placeholder a rule's reply uses to quote the tool results it was given.
 TOOL_RESULT_PLACEHOLDER = "{tool_result}"
 
-# The script the demo runs with: enough for a greeting agent and a fact question.
+# strands describes the tool it adds for ``structured_output_model`` as "IMPORTANT: This
+# StructuredOutputTool should only be invoked as the last and final tool ...".
+STRUCTURED_OUTPUT_TOOL_MARKER = "StructuredOutputTool"
+
+# Only strands_evals' OutputEvaluator prompt carries this tag (compose_test_prompt ends
+# every judge prompt with "<Rubric>...</Rubric>"); questions to an agent never do.
+JUDGE_PROMPT_MARKER = "<Rubric>"
+
+# The demo's answers, so its judge rule vouches for them and for nothing else.
+_DEMO_ANSWERS = (
+    r"Hello! I am a scripted model|The capital of France is Paris|The weather in Paris is"
+)
+
+# The script the demo runs with: a greeting agent, a fact question, a weather agent with a
+# tool, and a judge (OutputEvaluator) that passes those answers and fails any other. The
+# judge rules come first because a judge prompt quotes the case's input and answer, which
+# the agent rules below would match too.
 DEFAULT_SCRIPT: list[dict[str, Any]] = [
+    {
+        "match": rf"(?s)<Output>\s*(?:{_DEMO_ANSWERS}).*<Rubric>",
+        "structuredOutput": {
+            "score": 1.0,
+            "test_pass": True,
+            "reason": "The output is the expected answer and meets the rubric.",
+        },
+    },
+    {
+        "match": re.escape(JUDGE_PROMPT_MARKER),
+        "structuredOutput": {
+            "score": 0.0,
+            "test_pass": False,
+            "reason": "The output is not one of the answers this scripted judge knows to be right.",
+        },
+    },
     {
         "match": r"hello|hi\b|greet",
         "reply": "Hello! I am a scripted model, happy to help.",
@@ -55,6 +133,11 @@ DEFAULT_SCRIPT: list[dict[str, Any]] = [
     {
         "match": r"capital of france",
         "reply": "The capital of France is Paris.",
+    },
+    {
+        "match": r"weather in paris",
+        "toolCalls": [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+        "reply": "The weather in Paris is {tool_result}.",
     },
 ]
 
@@ -71,13 +154,51 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class KOfN:
+    """Of every ``n`` consecutive conversations, exactly ``k`` are answered correctly.
+
+    Which ones is fixed by a permutation drawn with ``random.Random(seed)``: the same
+    positions in every block of n, so any n consecutive conversations hold exactly k.
+    """
+
+    k: int
+    n: int
+    seed: int
+
+    @cached_property
+    def correct_positions(self) -> frozenset[int]:
+        return frozenset(random.Random(self.seed).sample(range(self.n), self.k))
+
+    def is_correct(self, conversation: int) -> bool:
+        """Whether the conversation with this 0-based count gets the right answer."""
+        return conversation % self.n in self.correct_positions
+
+
+@dataclass(frozen=True)
 class Rule:
     """One line of the script: when ``pattern`` matches, answer with ``reply``."""
 
     pattern: re.Pattern[str]
     reply: str
     delay_seconds: float = 0.0
-    tool_call: ToolCall | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    # None: every model; otherwise only requests for one of these model ids.
+    models: frozenset[str] | None = None
+    correct: KOfN | None = None
+    wrong_reply: str = ""
+    structured_output: dict[str, Any] | None = None
+    # None: the tool strands marks as its structured-output tool (see structured_output_tool).
+    structured_output_tool: str | None = None
+
+    @property
+    def tool_call(self) -> ToolCall | None:
+        """The first tool the rule asks for, if any."""
+        return self.tool_calls[0] if self.tool_calls else None
+
+    def applies_to(self, question: str, model_id: str) -> bool:
+        if self.models is not None and model_id not in self.models:
+            return False
+        return self.pattern.search(question) is not None
 
 
 @dataclass(frozen=True)
@@ -87,6 +208,40 @@ class Reply:
     text: str
     tool_call: ToolCall | None = None
     delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class OfferedTool:
+    """A tool the request lets the model call."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One request, as the script sees it, whatever the wire format.
+
+    ``step`` counts the model's tool-call turns since ``question`` (the last thing the
+    user said); ``tool_results`` are the results of all of them, in order, and
+    ``trailing_results`` says whether the request ends with results the agent just sent
+    (no trailing results means the request opens a conversation).
+    """
+
+    question: str
+    model_id: str = ""
+    step: int = 0
+    tool_results: tuple[str, ...] = ()
+    trailing_results: bool = False
+    tools: tuple[OfferedTool, ...] = ()
+    # The tool the request forces the model to call (Bedrock toolChoice {"tool": ...}).
+    forced_tool: str | None = None
+    # The request asks for a JSON document as text (Bedrock outputConfig, Ollama "format").
+    wants_json: bool = False
+
+    @property
+    def opens_conversation(self) -> bool:
+        return not self.trailing_results
 
 
 def parse_rule(raw: Mapping[str, Any], index: int) -> Rule:
@@ -100,7 +255,19 @@ def parse_rule(raw: Mapping[str, Any], index: int) -> Rule:
     except re.error as error:
         raise ValueError(f"{where}: 'match' {match!r} is not a valid regex: {error}") from None
 
-    reply = raw.get("reply")
+    structured_output = raw.get("structuredOutput")
+    if structured_output is not None and not isinstance(structured_output, Mapping):
+        raise ValueError(f"{where}: 'structuredOutput' must be an object")
+    structured_tool = raw.get("structuredOutputTool")
+    if structured_tool is not None and (
+        not isinstance(structured_tool, str) or not structured_tool
+    ):
+        raise ValueError(f"{where}: 'structuredOutputTool' must be a non-empty string")
+    if structured_tool is not None and structured_output is None:
+        raise ValueError(f"{where}: 'structuredOutputTool' needs 'structuredOutput'")
+
+    # A structured-output rule's text answer is its document, unless it says otherwise.
+    reply = raw.get("reply", None if structured_output is None else json.dumps(structured_output))
     if not isinstance(reply, str):
         raise ValueError(f"{where}: 'reply' must be a string")
 
@@ -109,23 +276,82 @@ def parse_rule(raw: Mapping[str, Any], index: int) -> Rule:
     if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
         raise ValueError(f"{where}: 'delaySeconds' must be a non-negative number")
 
+    correct = _parse_k_of_n(raw.get("correct"), where)
+    wrong_reply = raw.get("wrongReply")
+    if correct is not None and not isinstance(wrong_reply, str):
+        raise ValueError(f"{where}: 'correct' needs 'wrongReply', a string")
+    if correct is None and wrong_reply is not None:
+        raise ValueError(f"{where}: 'wrongReply' needs 'correct'")
+
     return Rule(
         pattern=pattern,
         reply=reply,
         delay_seconds=float(delay),
-        tool_call=_parse_tool_call(raw.get("toolCall"), where),
+        tool_calls=_parse_tool_calls(raw, where),
+        models=_parse_models(raw.get("models"), where),
+        correct=correct,
+        wrong_reply=wrong_reply or "",
+        structured_output=None if structured_output is None else dict(structured_output),
+        structured_output_tool=structured_tool,
     )
 
 
-def _parse_tool_call(raw: object, where: str) -> ToolCall | None:
-    if raw is None:
-        return None
+def _parse_tool_calls(raw: Mapping[str, Any], where: str) -> tuple[ToolCall, ...]:
+    single, sequence = raw.get("toolCall"), raw.get("toolCalls")
+    if single is not None and sequence is not None:
+        raise ValueError(f"{where}: give 'toolCall' or 'toolCalls', not both")
+    if single is not None:
+        return (_parse_tool_call(single, f"{where}: 'toolCall'"),)
+    if sequence is None:
+        return ()
+    if not isinstance(sequence, list) or not sequence:
+        raise ValueError(f"{where}: 'toolCalls' must be a non-empty list")
+    return tuple(
+        _parse_tool_call(item, f"{where}: 'toolCalls[{position}]'")
+        for position, item in enumerate(sequence)
+    )
+
+
+def _parse_tool_call(raw: object, where: str) -> ToolCall:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-        raise ValueError(f"{where}: 'toolCall' must be an object with a string 'name'")
+        raise ValueError(f"{where} must be an object with a string 'name'")
     arguments = raw.get("arguments", {})
     if not isinstance(arguments, Mapping):
-        raise ValueError(f"{where}: 'toolCall.arguments' must be an object")
+        raise ValueError(f"{where}.arguments must be an object")
     return ToolCall(name=raw["name"], arguments=dict(arguments))
+
+
+def _parse_models(raw: object, where: str) -> frozenset[str] | None:
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(model, str) and model for model in raw)
+    ):
+        raise ValueError(f"{where}: 'models' must be a non-empty list of model ids")
+    return frozenset(raw)
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, and "k": true is a typo.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_k_of_n(raw: object, where: str) -> KOfN | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: 'correct' must be an object with integers k, n and seed")
+    for key in ("k", "n", "seed"):
+        if not _is_int(raw.get(key)):
+            raise ValueError(f"{where}: 'correct.{key}' must be an integer")
+    k, n, seed = raw["k"], raw["n"], raw["seed"]
+    if n < 1:
+        raise ValueError(f"{where}: 'correct.n' must be at least 1")
+    if not 0 <= k <= n:
+        raise ValueError(f"{where}: 'correct.k' must be between 0 and n ({n})")
+    return KOfN(k=k, n=n, seed=seed)
 
 
 def parse_rules(raw: object) -> list[Rule]:
@@ -150,6 +376,131 @@ def load_script(path: str | Path) -> list[Rule]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from None
     return parse_rules(raw)
+
+
+def find_rule(rules: Sequence[Rule], turn: Turn) -> tuple[int, Rule] | None:
+    """The first rule that applies to the turn's question and model, with its index."""
+    return next(
+        (
+            (index, rule)
+            for index, rule in enumerate(rules)
+            if rule.applies_to(turn.question, turn.model_id)
+        ),
+        None,
+    )
+
+
+def structured_output_tool(rule: Rule, turn: Turn) -> str | None:
+    """The name of the tool to call with the rule's structured output, or None for text.
+
+    By name, from the request's tools: the rule's ``structuredOutputTool`` if the request
+    offers it; else the tool the request forces (Bedrock ``toolChoice.tool.name``, which
+    strands sends on its forced retry); else the first offered tool whose description
+    carries strands' "StructuredOutputTool" marker (strands names that tool after the
+    output model, e.g. ``EvaluationOutput``). None when the request asks for JSON text
+    or offers no such tool: then the document is answered as JSON text.
+    """
+    if turn.wants_json:
+        return None
+    offered = {tool.name for tool in turn.tools}
+    if rule.structured_output_tool is not None:
+        return rule.structured_output_tool if rule.structured_output_tool in offered else None
+    if turn.forced_tool is not None:
+        return turn.forced_tool
+    marked = (tool.name for tool in turn.tools if STRUCTURED_OUTPUT_TOOL_MARKER in tool.description)
+    return next(marked, None)
+
+
+def answer(rule: Rule, turn: Turn, correct: bool = True) -> Reply:
+    """What a rule says at this point of a conversation; the heart of the script semantics.
+
+    The rule's tool calls are asked one per turn, in order (``turn.step`` is how many were
+    asked so far); then a structured-output rule calls the structured-output tool with its
+    document (or answers it as JSON text); then the text reply follows, with the tool
+    results quoted. ``correct`` picks ``reply`` or ``wrongReply`` for k-of-n rules.
+    """
+    delay = rule.delay_seconds
+    if turn.step < len(rule.tool_calls):
+        return Reply(text="", tool_call=rule.tool_calls[turn.step], delay_seconds=delay)
+    if rule.structured_output is not None and turn.step == len(rule.tool_calls):
+        tool_name = structured_output_tool(rule, turn)
+        if tool_name is None:
+            return Reply(text=json.dumps(rule.structured_output), delay_seconds=delay)
+        call = ToolCall(name=tool_name, arguments=dict(rule.structured_output))
+        return Reply(text="", tool_call=call, delay_seconds=delay)
+    template = rule.reply if correct or rule.correct is None else rule.wrong_reply
+    text = template.replace(TOOL_RESULT_PLACEHOLDER, "\n".join(turn.tool_results))
+    return Reply(text=text, delay_seconds=delay)
+
+
+def gives_final_answer(rule: Rule, turn: Turn) -> bool:
+    """Whether the rule answers with text now (where k-of-n picks reply or wrongReply)."""
+    structured = 0 if rule.structured_output is None else 1
+    return turn.step >= len(rule.tool_calls) + structured
+
+
+def reply_for_turn(rules: Sequence[Rule], turn: Turn, correct: bool = True) -> Reply:
+    """The answer to a turn: the first applicable rule's, or an echo of the question."""
+    found = find_rule(rules, turn)
+    if found is None:
+        return Reply(text=f"I heard: {turn.question}")
+    return answer(found[1], turn, correct)
+
+
+class Outcomes:
+    """The k-of-n counters: which conversations a rule answers correctly.
+
+    Counted per rule and per model id, once per conversation, at its first model call (a
+    request with no trailing tool results). A rule with tool calls gives its answer some
+    calls later, so the draw waits, first in first out, under the rule, model and
+    question; two identical conversations running at once may swap draws, which keeps
+    the k of every n exact. A final answer whose first call this server never saw is
+    counted then. Thread-safe: the server answers on many threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[int, str], int] = {}
+        self._pending: dict[tuple[int, str, str], deque[bool]] = {}
+
+    def decide(self, index: int, rule: Rule, turn: Turn) -> bool:
+        """Whether this turn of a rule with ``correct`` gets the right answer."""
+        if rule.correct is None:
+            return True
+        final = gives_final_answer(rule, turn)
+        pending_key = (index, turn.model_id, turn.question)
+        with self._lock:
+            if turn.opens_conversation:
+                correct = self._draw(index, rule.correct, turn.model_id)
+                if not final:
+                    self._pending.setdefault(pending_key, deque()).append(correct)
+                return correct
+            if not final:
+                return True  # a middle step: nothing to decide yet
+            waiting = self._pending.get(pending_key)
+            if not waiting:
+                return self._draw(index, rule.correct, turn.model_id)
+            correct = waiting.popleft()
+            if not waiting:
+                del self._pending[pending_key]
+            return correct
+
+    def _draw(self, index: int, k_of_n: KOfN, model_id: str) -> bool:
+        key = (index, model_id)
+        count = self._counts.get(key, 0)
+        self._counts[key] = count + 1
+        return k_of_n.is_correct(count)
+
+    def count(self, index: int, model_id: str) -> int:
+        """How many conversations of rule ``index`` for ``model_id`` were counted."""
+        with self._lock:
+            return self._counts.get((index, model_id), 0)
+
+    def reset(self) -> None:
+        """Start every count from zero again."""
+        with self._lock:
+            self._counts.clear()
+            self._pending.clear()
 
 
 def _content_of(message: Mapping[str, Any]) -> str:
@@ -179,28 +530,53 @@ def trailing_tool_results(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(reversed(results))
 
 
-def choose_reply(rules: Sequence[Rule], messages: Sequence[Mapping[str, Any]]) -> Reply:
-    """Decide the answer to an Ollama conversation."""
-    return reply_for(rules, last_user_message(messages), trailing_tool_results(messages))
+def _since_last_user(messages: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    for position in range(len(messages) - 1, -1, -1):
+        if messages[position].get("role") == "user":
+            return messages[position + 1 :]
+    return messages
 
 
-def reply_for(rules: Sequence[Rule], question: str, tool_results: Sequence[str]) -> Reply:
-    """The heart of the script semantics, shared by every wire format.
+def ollama_turn(
+    messages: Sequence[Mapping[str, Any]], request: Mapping[str, Any] | None = None
+) -> Turn:
+    """Read a turn from Ollama chat messages (and the request's model and tools).
 
-    ``question`` is the last thing the user said; ``tool_results`` are the results the
-    agent sent back since the model's last turn (empty when it sent none).
+    Since the last user message, an assistant message with ``tool_calls`` is a tool-call
+    turn and a run of ``tool`` messages is a result turn; the step is the larger count,
+    so a hand-made conversation that only carries results still counts.
     """
-    rule = next((r for r in rules if r.pattern.search(question)), None)
-    if rule is None:
-        return Reply(text=f"I heard: {question}")
+    request = request or {}
+    since = _since_last_user(messages)
+    calls = sum(1 for m in since if m.get("role") == "assistant" and m.get("tool_calls"))
+    result_turns = sum(
+        1
+        for position, m in enumerate(since)
+        if m.get("role") == "tool" and (position == 0 or since[position - 1].get("role") != "tool")
+    )
+    tools: list[OfferedTool] = []
+    for offered in request.get("tools") or []:
+        function = offered.get("function") if isinstance(offered, Mapping) else None
+        if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+            tools.append(OfferedTool(function["name"], str(function.get("description") or "")))
+    return Turn(
+        question=last_user_message(messages),
+        model_id=str(request.get("model") or ""),
+        step=max(calls, result_turns),
+        tool_results=tuple(_content_of(m) for m in since if m.get("role") == "tool"),
+        trailing_results=bool(messages) and messages[-1].get("role") == "tool",
+        tools=tuple(tools),
+        wants_json=bool(request.get("format")),
+    )
 
-    if tool_results:
-        # The agent ran the tool the rule asked for; now give the final answer.
-        text = rule.reply.replace(TOOL_RESULT_PLACEHOLDER, "\n".join(tool_results))
-        return Reply(text=text, delay_seconds=rule.delay_seconds)
-    if rule.tool_call is not None:
-        return Reply(text="", tool_call=rule.tool_call, delay_seconds=rule.delay_seconds)
-    return Reply(text=rule.reply, delay_seconds=rule.delay_seconds)
+
+def choose_reply(
+    rules: Sequence[Rule],
+    messages: Sequence[Mapping[str, Any]],
+    request: Mapping[str, Any] | None = None,
+) -> Reply:
+    """Decide the answer to an Ollama conversation (k-of-n rules answer correctly)."""
+    return reply_for_turn(rules, ollama_turn(messages, request))
 
 
 # --------------------------------------------------------------------------- wire format
@@ -388,9 +764,82 @@ def trailing_tool_result_texts(messages: Sequence[Mapping[str, Any]]) -> list[st
     return list(reversed(results))
 
 
-def choose_bedrock_reply(rules: Sequence[Rule], messages: Sequence[Mapping[str, Any]]) -> Reply:
-    """Decide the answer to a Bedrock Converse conversation."""
-    return reply_for(rules, last_user_text(messages), trailing_tool_result_texts(messages))
+def _tool_uses(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(
+        isinstance(block, dict) and isinstance(block.get("toolUse"), dict) for block in content
+    )
+
+
+def _tool_result_blocks(message: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list):
+        return []
+    return [
+        block["toolResult"]
+        for block in content
+        if isinstance(block, dict) and isinstance(block.get("toolResult"), dict)
+    ]
+
+
+def bedrock_turn(
+    messages: Sequence[Mapping[str, Any]],
+    request: Mapping[str, Any] | None = None,
+    model_id: str = "",
+) -> Turn:
+    """Read a turn from Converse messages (and the request's tools, tool choice and output).
+
+    Since the last user message with text, an assistant message with ``toolUse`` blocks
+    is a tool-call turn and a user message with ``toolResult`` blocks a result turn; the
+    step is the larger count, so a hand-made conversation that only carries results
+    still counts.
+    """
+    request = request or {}
+    question_at = -1
+    for position in range(len(messages) - 1, -1, -1):
+        message = messages[position]
+        if message.get("role") == "user" and _text_blocks(message.get("content")):
+            question_at = position
+            break
+    since = messages[question_at + 1 :]
+    calls = sum(1 for m in since if m.get("role") == "assistant" and _tool_uses(m))
+    result_turns = sum(1 for m in since if _tool_result_blocks(m))
+    tool_config = request.get("toolConfig")
+    tool_config = tool_config if isinstance(tool_config, Mapping) else {}
+    tools: list[OfferedTool] = []
+    for offered in tool_config.get("tools") or []:
+        spec = offered.get("toolSpec") if isinstance(offered, Mapping) else None
+        if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+            tools.append(OfferedTool(spec["name"], str(spec.get("description") or "")))
+    choice = tool_config.get("toolChoice")
+    forced = choice.get("tool") if isinstance(choice, Mapping) else None
+    output_config = request.get("outputConfig")
+    return Turn(
+        question=last_user_text(messages),
+        model_id=model_id,
+        step=max(calls, result_turns),
+        tool_results=tuple(
+            _tool_result_text(result) for m in since for result in _tool_result_blocks(m)
+        ),
+        trailing_results=bool(trailing_tool_result_texts(messages)),
+        tools=tuple(tools),
+        forced_tool=(
+            forced["name"]
+            if isinstance(forced, Mapping) and isinstance(forced.get("name"), str)
+            else None
+        ),
+        wants_json=isinstance(output_config, Mapping) and "textFormat" in output_config,
+    )
+
+
+def choose_bedrock_reply(
+    rules: Sequence[Rule],
+    messages: Sequence[Mapping[str, Any]],
+    request: Mapping[str, Any] | None = None,
+    model_id: str = "",
+) -> Reply:
+    """Decide the answer to a Bedrock Converse conversation (k-of-n rules answer correctly)."""
+    return reply_for_turn(rules, bedrock_turn(messages, request, model_id))
 
 
 def count_bedrock_words(request: Mapping[str, Any]) -> int:
@@ -561,7 +1010,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         raw_messages = request.get("messages")
         messages = [m for m in raw_messages or [] if isinstance(m, dict)]
-        reply = choose_reply(owner.rules, messages)
+        reply = owner.reply(ollama_turn(messages, request))
         # Waiting on the stop event rather than sleeping lets stop() end delayed answers.
         if reply.delay_seconds and owner.stopping.wait(reply.delay_seconds):
             return
@@ -586,7 +1035,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner.record_bedrock(recorded)
 
         messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
-        reply = choose_bedrock_reply(owner.rules, messages)
+        reply = owner.reply(bedrock_turn(messages, request, model_id))
         if reply.delay_seconds and owner.stopping.wait(reply.delay_seconds):
             return
 
@@ -670,6 +1119,7 @@ class ScriptedModelServer:
     stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _requests: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _bedrock_requests: list[BedrockRequest] = field(default_factory=list, init=False, repr=False)
+    outcomes: Outcomes = field(default_factory=Outcomes, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _server: _Server | None = field(default=None, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
@@ -701,6 +1151,18 @@ class ScriptedModelServer:
         """The Converse/ConverseStream requests received so far, oldest first (a copy)."""
         with self._lock:
             return list(self._bedrock_requests)
+
+    def reply(self, turn: Turn) -> Reply:
+        """Answer a turn from the script, drawing k-of-n outcomes from this server's counts."""
+        found = find_rule(self.rules, turn)
+        if found is None:
+            return reply_for_turn((), turn)
+        index, rule = found
+        return answer(rule, turn, self.outcomes.decide(index, rule, turn))
+
+    def reset_counters(self) -> None:
+        """Start the k-of-n counts from zero, as a freshly started server would."""
+        self.outcomes.reset()
 
     def record(self, request: dict[str, Any]) -> None:
         """Called by the handler threads for every chat request."""

@@ -25,6 +25,7 @@ from strands.models.bedrock import BedrockModel
 from agenttest_dev.modelserver import (
     EVENT_STREAM_CONTENT_TYPE,
     ScriptedModelServer,
+    bedrock_turn,
     choose_bedrock_reply,
     encode_event,
     parse_rules,
@@ -103,6 +104,190 @@ def test_json_tool_results_are_quoted_as_json() -> None:
     messages = [user("my order"), {"role": "user", "content": [{"toolResult": result}]}]
     reply = choose_bedrock_reply(parse_rules(SCRIPT), messages)
     assert reply.text == 'Order status: {"state": "shipped"}'
+
+
+def tool_use_message(name: str, tool_id: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"toolUse": {"toolUseId": tool_id, "name": name}}]}
+
+
+def tool_result_message(*texts: str) -> dict[str, Any]:
+    return {
+        "role": "user",
+        "content": [
+            {"toolResult": {"toolUseId": f"t{i}", "content": [{"text": text}]}}
+            for i, text in enumerate(texts)
+        ],
+    }
+
+
+SEQUENCE_SCRIPT: list[dict[str, Any]] = [
+    {
+        "match": r"trip",
+        "toolCalls": [
+            {"name": "find_flight", "arguments": {"to": "Lima"}},
+            {"name": "book_hotel", "arguments": {"city": "Lima"}},
+        ],
+        "reply": "Booked:\n{tool_result}",
+    },
+    {"match": r"quiz", "models": [MODEL_ID], "reply": "4"},
+    {"match": r"quiz", "models": [PROFILE_ARN], "reply": "5"},
+]
+
+
+def test_tool_calls_are_asked_one_per_turn_from_bedrock_blocks() -> None:
+    rules = parse_rules(SEQUENCE_SCRIPT)
+    conversation: list[dict[str, Any]] = [user("plan my trip")]
+    steps = []
+    for result in ("flight LA-1", "hotel Sol"):
+        reply = choose_bedrock_reply(rules, conversation)
+        assert reply.tool_call is not None
+        steps.append(reply.tool_call.name)
+        conversation += [
+            tool_use_message(reply.tool_call.name, result),
+            tool_result_message(result),
+        ]
+
+    assert steps == ["find_flight", "book_hotel"]
+    turn = bedrock_turn(conversation)
+    assert (turn.step, turn.tool_results, turn.question) == (
+        2,
+        ("flight LA-1", "hotel Sol"),
+        "plan my trip",
+    )
+    assert choose_bedrock_reply(rules, conversation).text == "Booked:\nflight LA-1\nhotel Sol"
+    # A new question starts counting again.
+    later = [*conversation, {"role": "assistant", "content": [{"text": "ok"}]}, user("trip 2")]
+    assert bedrock_turn(later).step == 0
+
+
+def test_bedrock_turn_reads_tools_tool_choice_and_output_config() -> None:
+    request = {
+        "toolConfig": {
+            "tools": [{"toolSpec": {"name": "EvaluationOutput", "description": "d"}}],
+            "toolChoice": {"tool": {"name": "EvaluationOutput"}},
+        },
+        "outputConfig": {"textFormat": {"type": "json_schema"}},
+    }
+    turn = bedrock_turn([user("q")], request, MODEL_ID)
+    assert (turn.model_id, turn.forced_tool, turn.wants_json) == (
+        MODEL_ID,
+        "EvaluationOutput",
+        True,
+    )
+    assert [tool.name for tool in turn.tools] == ["EvaluationOutput"]
+
+
+def test_rules_apply_to_the_model_in_the_path() -> None:
+    with ScriptedModelServer.from_script(SEQUENCE_SCRIPT) as running:
+        client = bedrock_client(running)
+        answers = [
+            client.converse(modelId=model, messages=[user("quiz: 2+2")])["output"]["message"]
+            for model in (MODEL_ID, PROFILE_ARN, "other")
+        ]
+    assert [message["content"][0]["text"] for message in answers] == [
+        "4",
+        "5",
+        "I heard: quiz: 2+2",
+    ]
+
+
+def test_k_of_n_over_converse_counts_per_model_id() -> None:
+    script = [
+        {
+            "match": "coin",
+            "correct": {"k": 3, "n": 5, "seed": 7},
+            "reply": "heads",
+            "wrongReply": "tails",
+        }
+    ]
+    with ScriptedModelServer.from_script(script) as running:
+        client = bedrock_client(running)
+
+        def flips(model: str, times: int) -> list[str]:
+            return [
+                client.converse(modelId=model, messages=[user("flip a coin")])["output"]["message"][
+                    "content"
+                ][0]["text"]
+                for _ in range(times)
+            ]
+
+        by_model = {model: flips(model, 10) for model in (MODEL_ID, PROFILE_ARN)}
+    assert by_model[MODEL_ID] == by_model[PROFILE_ARN]
+    assert by_model[MODEL_ID].count("heads") == 6
+
+
+STRUCTURED = {"score": 0.25, "test_pass": False, "reason": "too short"}
+STRUCTURED_TOOL = {
+    "toolSpec": {
+        "name": "EvaluationOutput",
+        "description": "IMPORTANT: This StructuredOutputTool should only be invoked last.",
+        "inputSchema": {"json": {"type": "object"}},
+    }
+}
+
+
+def test_structured_output_is_a_tool_use_with_usage_in_both_operations() -> None:
+    with ScriptedModelServer.from_script(
+        [{"match": "judge", "structuredOutput": STRUCTURED}]
+    ) as running:
+        client = bedrock_client(running)
+        request: dict[str, Any] = {
+            "modelId": MODEL_ID,
+            "messages": [user("judge this answer")],
+            "toolConfig": {"tools": [STRUCTURED_TOOL], "toolChoice": {"auto": {}}},
+        }
+        response = client.converse(**request)
+        events = list(client.converse_stream(**request)["stream"])
+
+    [block] = response["output"]["message"]["content"]
+    assert (block["toolUse"]["name"], block["toolUse"]["input"]) == ("EvaluationOutput", STRUCTURED)
+    assert response["stopReason"] == "tool_use"
+    assert response["usage"] == {"inputTokens": 3, "outputTokens": 1, "totalTokens": 4}
+
+    start = events[1]["contentBlockStart"]["start"]["toolUse"]
+    assert start["name"] == "EvaluationOutput"
+    assert json.loads(events[2]["contentBlockDelta"]["delta"]["toolUse"]["input"]) == STRUCTURED
+    assert events[-1]["metadata"]["usage"] == response["usage"]
+
+
+def test_forced_tool_choice_and_native_output_config() -> None:
+    script = [{"match": "judge", "structuredOutput": STRUCTURED}]
+    verdict = {"toolSpec": {"name": "Verdict", "inputSchema": {"json": {"type": "object"}}}}
+    with ScriptedModelServer.from_script(script) as running:
+        client = bedrock_client(running)
+        forced = client.converse(
+            modelId=MODEL_ID,
+            messages=[user("judge")],
+            toolConfig={"tools": [verdict], "toolChoice": {"tool": {"name": "Verdict"}}},
+        )
+        native = client.converse(
+            modelId=MODEL_ID,
+            messages=[user("judge")],
+            outputConfig={
+                "textFormat": {
+                    "type": "json_schema",
+                    "structure": {"jsonSchema": {"schema": "{}", "name": "Verdict"}},
+                }
+            },
+        )
+    assert forced["output"]["message"]["content"][0]["toolUse"]["name"] == "Verdict"
+    [text] = native["output"]["message"]["content"]
+    assert json.loads(text["text"]) == STRUCTURED
+    assert native["stopReason"] == "end_turn"
+    assert native["usage"]["outputTokens"] == len(json.dumps(STRUCTURED).split())
+
+
+def test_tool_call_stream_ends_with_usage_metadata(server: ScriptedModelServer) -> None:
+    events = list(
+        bedrock_client(server).converse_stream(modelId=MODEL_ID, messages=[user("my order?")])[
+            "stream"
+        ]
+    )
+    assert events[-1]["metadata"]["usage"] == {
+        "inputTokens": 2,
+        "outputTokens": 1,
+        "totalTokens": 3,
+    }
 
 
 # --------------------------------------------------------------------------- Converse
