@@ -412,9 +412,15 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     now = rt.clock()
 
     def outcome(
-        ok: bool, reason: str, message: str, package: PackageRef | None = None
+        ok: bool,
+        reason: str,
+        message: str,
+        package: PackageRef | None = None,
+        packages: list[PackageRef] | None = None,
     ) -> AgentTestStatus:
-        return lifecycle.packaged(status, ok, reason, message, test.generation, now, package)
+        return lifecycle.packaged(
+            status, ok, reason, message, test.generation, now, package, packages
+        )
 
     if rt.publisher is None:
         return outcome(
@@ -438,5 +444,13 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         # S3 or the API server refused for now: the next step tries again.
         logger.warning("publishing %s/%s failed: %s", test.namespace, test.name, error)
         return status
-    recorded = PackageRef(name=published.name, s3_uri=published.uri, sha256=published.sha256)
-    return outcome(True, "Uploaded", f"{published.uri} ({published.size} bytes)", recorded)
+    refs = [
+        PackageRef(name=one.name, s3_uri=one.uri, sha256=one.sha256, model=one.model)
+        for one in published
+    ]
+    if not test.spec.matrix:
+        [one] = published
+        return outcome(True, "Uploaded", f"{one.uri} ({one.size} bytes)", refs[0])
+    named = ", ".join(f"{one.model} {one.uri}" for one in published)
+    message = f"{len(published)} package{'s' if len(published) != 1 else ''}: {named}"
+    return outcome(True, "Uploaded", message, refs[0] if refs else None, refs)

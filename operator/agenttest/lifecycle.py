@@ -449,6 +449,7 @@ def packaged(
     generation: int,
     now: datetime.datetime,
     package: PackageRef | None = None,
+    packages: list[PackageRef] | None = None,
 ) -> AgentTestStatus:
     """Record the outcome of packaging a passing test (the Packaged condition, packageRef)."""
     listed = conditions.set_condition(
@@ -463,6 +464,8 @@ def packaged(
     update: dict[str, Any] = {"conditions": listed}
     if package is not None:
         update["package_ref"] = package
+    if packages:
+        update["packages"] = packages
     return status.model_copy(update=update)
 
 

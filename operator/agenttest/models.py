@@ -698,6 +698,9 @@ class PackageRef(ApiModel):
     """The DeploymentPackage made from this test."""
 
     name: str = Field(description="Name of the DeploymentPackage in this namespace.")
+    model: str | None = Field(
+        default=None, description="The spec.models entry it was made for (a matrix test)."
+    )
     s3_uri: str | None = Field(
         default=None, description="Where the operator uploaded the zip (what download trusts)."
     )
@@ -781,7 +784,13 @@ class AgentTestStatus(ApiModel):
         default=None,
         description="Fingerprint of the spec fields that define a run; a change starts an attempt.",
     )
-    package_ref: PackageRef | None = Field(default=None, description="The deployment package.")
+    package_ref: PackageRef | None = Field(
+        default=None, description="The deployment package (the first, for a matrix test)."
+    )
+    packages: list[PackageRef] = Field(
+        default_factory=list,
+        description="A matrix test's packages, one per passing model.",
+    )
     source: SourceSnapshot | None = Field(
         default=None, description="The agent.py this attempt runs, snapshotted at launch."
     )
@@ -843,6 +852,9 @@ class DeploymentPackageSpec(ApiModel):
     size_bytes: int = Field(ge=0, description="Size of the zip in bytes.")
     files: list[str] = Field(default_factory=list, description="Files inside the zip.")
     summary: str = Field(default="", description="The test outcome the package was made from.")
+    model: str | None = Field(
+        default=None, description="The spec.models entry it was made for (a matrix test)."
+    )
 
 
 class DeploymentPackageStatus(ApiModel):

@@ -65,11 +65,12 @@ def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None
             "nothing the operator recorded vouches for it"
         )
     status = test.get("status") or {}
-    recorded = (status.get("packageRef") or {}).get("name")
-    if recorded != name:
-        raise Unvouched(
-            f"the AgentTest {ref.get('name')} records package {recorded or 'none'}, not {name}"
-        )
+    # A matrix test records one package per passing model, the first also as packageRef.
+    refs = [status.get("packageRef") or {}, *(status.get("packages") or [])]
+    record = next((r for r in refs if r.get("name") == name), None)
+    if record is None:
+        recorded = ", ".join(sorted({r["name"] for r in refs if r.get("name")})) or "none"
+        raise Unvouched(f"the AgentTest {ref.get('name')} records package {recorded}, not {name}")
     if ref.get("attempt") != status.get("attempt"):
         raise Unvouched(
             f"{name} comes from attempt {ref.get('attempt')}, the test is at attempt "
@@ -77,10 +78,7 @@ def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None
         )
     # What the operator uploaded, as it recorded it in the test's status (only
     # the operator may write that); the bytes are then checked against sha256.
-    uploaded = (
-        (status.get("packageRef") or {}).get("s3Uri"),
-        (status.get("packageRef") or {}).get("sha256"),
-    )
+    uploaded = (record.get("s3Uri"), record.get("sha256"))
     if uploaded != (spec.get("s3Uri"), spec.get("sha256")):
         raise Unvouched(
             f"{name} points at {spec.get('s3Uri')} (sha256 {spec.get('sha256')}), but the "

@@ -346,6 +346,17 @@ def check_size(data: bytes, limit: int = MAX_PACKAGE_BYTES) -> None:
         raise PackageTooLarge(len(data), limit)
 
 
-def object_key(namespace: str, name: str, uid: str, attempt: int, prefix: str = "packages/") -> str:
-    """The package's S3 key; uid and attempt make it unique and a retried upload idempotent."""
-    return f"{prefix}{namespace}/{name}/{uid}/attempt-{attempt}/package.zip"
+def object_key(
+    namespace: str,
+    name: str,
+    uid: str,
+    attempt: int,
+    prefix: str = "packages/",
+    model: str | None = None,
+) -> str:
+    """The package's S3 key; uid and attempt make it unique and a retried upload idempotent.
+
+    A matrix test has one package per passing model, under the model's name.
+    """
+    where = f"{prefix}{namespace}/{name}/{uid}/attempt-{attempt}"
+    return f"{where}/{model}/package.zip" if model else f"{where}/package.zip"

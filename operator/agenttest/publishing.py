@@ -41,6 +41,7 @@ from agenttest.models import (
     ConditionType,
     DeploymentPackageSpec,
     DeploymentPackageStatus,
+    NamedModel,
 )
 from agenttest.objects import owned_metadata, test_label
 from agenttest.sources import SnapshotStore, SourceUnavailable
@@ -54,6 +55,7 @@ class Published:
     uri: str
     sha256: str
     size: int
+    model: str | None = None  # the matrix entry it was made for
 
 
 # Seconds before the first retry of a failed publish, doubled per failure up to the cap.
@@ -137,20 +139,33 @@ def api_refusal(error: BaseException, what: str) -> PublishRefused | None:
     return PublishRefused("PackageRefused", f"the API server refused {what}: {message}")
 
 
-def package_name(test_name: str, attempt: int) -> str:
-    suffix = f"-a{attempt}"
+def package_name(test_name: str, attempt: int, model: str | None = None) -> str:
+    """<test>-a<attempt>, and -<model> for each passing model of a matrix."""
+    suffix = f"-a{attempt}" + (f"-{model}" if model else "")
     # A cut that ends in '.' or '-' followed by the suffix is no valid name ("x.-a1").
     return test_name[: 253 - len(suffix)].rstrip(".-") + suffix
 
 
-def package_input(test: AgentTest, source: str, tested_at: str) -> packaging.PackageInput:
+def packaged_models(test: AgentTest) -> list[NamedModel | None]:
+    """What gets a package: the model (None), or each matrix model that passed."""
+    if not test.spec.matrix:
+        return [None]
+    passed = {model.name for model in test.status.models if model.passed}
+    return [entry for entry in test.spec.model_entries() if entry.name in passed]
+
+
+def package_input(
+    test: AgentTest, source: str, tested_at: str, model: NamedModel | None = None
+) -> packaging.PackageInput:
+    spec_model = model or test.spec.primary_model
+    cases = [case for case in test.status.cases if model is None or case.model == model.name]
     return packaging.PackageInput(
         agent_source=source,
         entrypoint=test.spec.agent.entrypoint,
         requirements=list(test.spec.agent.requirements),
         environment=list(test.status.environment),
-        model=test.spec.primary_model.wire(),
-        cases=[case.wire() for case in test.status.cases],
+        model=spec_model.wire(),
+        cases=[case.wire() for case in cases],
         summary=test.status.summary or "",
         namespace=test.namespace,
         name=test.name,
@@ -169,6 +184,7 @@ class Built:
     files: list[str]
     bucket: str
     key: str
+    model: str | None = None
 
     @property
     def uri(self) -> str:
@@ -186,9 +202,10 @@ def deployment_package(test: AgentTest, built: Built) -> dict[str, Any]:
         size_bytes=len(built.data),
         files=sorted(built.files),
         summary=test.status.summary or "",
+        model=built.model,
     )
     metadata = owned_metadata(
-        package_name(test.name, test.status.attempt),
+        package_name(test.name, test.status.attempt, built.model),
         test.namespace,
         test.name,
         test.uid,
@@ -255,19 +272,28 @@ class Publisher:
                 raise refusal from error
             raise
 
-    def build(self, test: AgentTest, source: str, now: datetime.datetime) -> Built:
-        """Render and zip the package of a passing test (no I/O)."""
+    def build(
+        self,
+        test: AgentTest,
+        source: str,
+        now: datetime.datetime,
+        model: NamedModel | None = None,
+    ) -> Built:
+        """Render and zip the package of a passing test, or of one model of it (no I/O)."""
         # The launch time, not the publish time, goes into the package, so a
         # publish repeated after a restart renders the same bytes.
         status = test.status
         tested_at = (status.execution.started_at if status.execution else None) or (
             conditions.stamp(now)
         )
-        files = packaging.render(package_input(test, source, tested_at))
+        files = packaging.render(package_input(test, source, tested_at, model))
         data = packaging.build_zip(files)
         packaging.check_size(data, self.max_bytes)
-        key = packaging.object_key(test.namespace, test.name, test.uid, status.attempt, self.prefix)
-        return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key)
+        name = model.name if model is not None else None
+        key = packaging.object_key(
+            test.namespace, test.name, test.uid, status.attempt, self.prefix, name
+        )
+        return Built(data, packaging.sha256_hex(data), list(files), self.bucket, key, name)
 
     async def tested_source(self, test: AgentTest) -> str:
         """The agent.py the judge ran, from the attempt's snapshot; SourceUnavailable if unsure."""
@@ -284,8 +310,11 @@ class Publisher:
             test.namespace, test.name, test.uid, test.status.attempt, source.sha256
         )
 
-    async def publish(self, test: AgentTest, now: datetime.datetime) -> Published:
-        """Upload and record the package; PublishRefused for good, PublishDeferred for now.
+    async def publish(self, test: AgentTest, now: datetime.datetime) -> list[Published]:
+        """Upload and record the packages; PublishRefused for good, PublishDeferred for now.
+
+        One package, or one per passing model of a matrix; each step is idempotent,
+        so a retry after a partial failure repeats nothing that was done.
 
         PackageTooLarge and SourceUnavailable pass through (the caller names them).
         """
@@ -294,7 +323,10 @@ class Publisher:
         if now < not_before:
             raise PublishDeferred(not_before, "waiting after an earlier failure")
         try:
-            published = await self._publish(test, now)
+            source = await self.tested_source(test)
+            published = [
+                await self._publish(test, source, now, model) for model in packaged_models(test)
+            ]
         except (
             PublishRefused,
             packaging.PackageTooLarge,
@@ -319,10 +351,11 @@ class Publisher:
         self._failures.pop(attempt, None)
         return published
 
-    async def _publish(self, test: AgentTest, now: datetime.datetime) -> Published:
-        source = await self.tested_source(test)
+    async def _publish(
+        self, test: AgentTest, source: str, now: datetime.datetime, model: NamedModel | None
+    ) -> Published:
         try:
-            built = self.build(test, source, now)
+            built = self.build(test, source, now, model)
         except (packaging.PackageTooLarge, packaging.NotReproducible):
             raise
         except (ValueError, TypeError, OSError, jinja2.TemplateError) as error:
@@ -356,4 +389,6 @@ class Publisher:
             if refusal is not None:
                 raise refusal from error
             raise
-        return Published(name=name, uri=built.uri, sha256=built.sha256, size=len(built.data))
+        return Published(
+            name=name, uri=built.uri, sha256=built.sha256, size=len(built.data), model=built.model
+        )

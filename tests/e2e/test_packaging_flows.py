@@ -512,3 +512,52 @@ def test_s3_sources_are_read_only_where_the_operator_allows(
         assert "AGENTTEST_S3_SOURCE_ALLOW" in status["message"]
     [allowed] = [p for p in packages(kube) if p["metadata"]["name"] == "allowed-a1"]
     assert package_files(aws, allowed).read("agent.py").decode() == SIMPLE_AGENT
+
+
+MATRIX_SCRIPT = [
+    {"match": r"capital of france", "models": ["good", "also-good"], "reply": "Paris."},
+    {"match": r"capital of france", "reply": "Lyon, I think."},
+]
+
+
+def test_each_passing_model_of_a_matrix_gets_its_own_package(
+    kube: Kube,
+    start_publishing_operator: Callable[..., Operator],
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_publishing_operator()
+    case = {"name": "capital", "query": "The capital of France?", "expect": {"contains": ["Paris"]}}
+    with ScriptedModelServer.from_script(MATRIX_SCRIPT) as model:
+        manifest = agent_test("matrix", SIMPLE_AGENT, model.url, cases=[case])
+        del manifest["spec"]["model"]
+        manifest["spec"]["matrixPolicy"] = "any"
+        manifest["spec"]["models"] = [
+            {"name": name, "provider": "ollama", "modelId": name, "endpoint": model.url}
+            for name in ("good", "bad", "also-good")
+        ]
+        kube.apply(manifest)
+        status = wait_packaged(kube, "matrix")
+    assert status["phase"] == "Succeeded", status.get("message")
+    packaged = condition(status, "Packaged")
+    assert packaged is not None and packaged["status"] == "True", packaged
+    made = {package["metadata"]["name"]: package for package in packages(kube)}
+    assert sorted(made) == ["matrix-a1-also-good", "matrix-a1-good"]
+    assert [ref["model"] for ref in status["packages"]] == ["good", "also-good"]
+    assert status["packageRef"]["name"] == "matrix-a1-good"
+    for name, package in made.items():
+        spec = package["spec"]
+        assert spec["model"] == name.removeprefix("matrix-a1-")
+        body = aws.client("s3").get_object(Bucket=spec["bucket"], Key=spec["key"])["Body"].read()
+        manifest_json = json.loads(zipfile.ZipFile(io.BytesIO(body)).read("manifest.json"))
+        # Each package runs the model it passed with, and carries that model's cases.
+        assert manifest_json["model"]["modelId"] == spec["model"]
+        assert [case["name"] for case in manifest_json["test"]["cases"]] == ["capital"]
+    # Both download verified: each is recorded in the test's status.
+    env = {**os.environ, **aws.env(), "KUBECONFIG": str(kube.cluster.kubeconfig)}
+    fetched = subprocess.run(
+        [sys.executable, "-m", "agenttest.cli", "package", "download", "matrix-a1-also-good",
+         "-n", kube.namespace, "-o", str(tmp_path / "also.zip")],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
