@@ -110,26 +110,30 @@ NAME_BYTES = 256
 
 
 def case(result: CaseResult, budget: int) -> CaseResult:
-    """One case within `budget` bytes: half for the answer, the rest for failures and tools."""
-    per_failure = max(128, budget // 4 // FAILURES_PER_CASE)
-    per_tool = max(32, budget // 4 // TOOL_CALLS_PER_CASE)
-    failures = [shown(text, per_failure) for text in result.failures[:FAILURES_PER_CASE]]
-    if len(result.failures) > FAILURES_PER_CASE:
-        failures.append(f"… and {len(result.failures) - FAILURES_PER_CASE} more failures")
+    """One case within about `budget` bytes: a third for the answer, the rest for failures,
+    tools and the judge's reasoning; with many cases, fewer of each are kept."""
+    failures_kept = min(FAILURES_PER_CASE, max(3, budget // 256))
+    tools_kept = min(TOOL_CALLS_PER_CASE, max(5, budget // 128))
+    per_failure = max(96, budget // 4 // failures_kept)
+    per_tool = max(24, budget // 8 // tools_kept)
+    failures = [shown(text, per_failure) for text in result.failures[:failures_kept]]
+    if len(result.failures) > failures_kept:
+        failures.append(f"… and {len(result.failures) - failures_kept} more failures")
     judge = result.judge
     if judge is not None:
         # The judge model's reasoning may quote the answer, secrets and all.
-        judge = judge.model_copy(update={"reason": shown(judge.reason, per_failure)})
+        judge = judge.model_copy(update={"reason": shown(judge.reason, max(96, budget // 8))})
+    tools = [cut(strip_controls(name), per_tool) for name in result.tool_calls[:tools_kept]]
+    if len(result.tool_calls) > tools_kept:
+        tools.append(f"… {len(result.tool_calls) - tools_kept} more")
     return result.model_copy(
         update={
             "name": cut(strip_controls(result.name), NAME_BYTES),
+            "model": cut(strip_controls(result.model), NAME_BYTES) if result.model else None,
             "judge": judge,
-            "output": shown(result.output, max(256, budget // 2)),
+            "output": shown(result.output, max(128, budget // 3)),
             "failures": failures,
-            "tool_calls": [
-                cut(strip_controls(name), per_tool)
-                for name in result.tool_calls[:TOOL_CALLS_PER_CASE]
-            ],
+            "tool_calls": tools,
         }
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agenttest import redaction
@@ -73,3 +75,37 @@ def test_a_status_is_redacted_in_every_field_that_shows_output() -> None:
         cases=[CaseResult(name="c", passed=False, output=leak, failures=[leak])],
     )
     assert "hunter2" not in redaction.status(status).model_dump_json()
+
+
+def test_the_largest_test_keeps_its_status_well_inside_etcd() -> None:
+    """50 cases x 5 models, every string at its longest: under 512 KiB (etcd takes 1.5 MiB)."""
+    from agenttest.models import Interval, JudgeScore, TokenUsage
+
+    cases = [
+        CaseResult(
+            name=f"case-{i:02d}-" + "x" * 50,
+            passed=False,
+            latency_seconds=1.5,
+            output="é" * 2000,
+            failures=["f" * 1000 + f" ({k} of 20 trials)" for k in range(12)],
+            model_calls=40,
+            tokens=TokenUsage(input=10**9, output=10**9),
+            tool_calls=["t" * 64] * 100,
+            model=f"model-{m}-" + "z" * 10,
+            trials=20,
+            passes=13,
+            pass_rate=0.65,
+            interval=Interval(low=0.4, high=0.8),
+            flaky=True,
+            judge=JudgeScore(score=0.5, reason="r" * 2000),
+        )
+        for i in range(50)
+        for m in range(5)
+    ]
+    written = redaction.status(AgentTestStatus(cases=cases, log_tail="l" * 8192))
+    size = len(json.dumps(written.wire(), ensure_ascii=False).encode())
+    assert size < 512 * 1024, size
+    # Still readable: each case keeps an excerpt of its answer, failures and judge.
+    first = written.cases[0]
+    assert first.output.startswith("éé") and first.failures[0].startswith("fff")
+    assert first.judge is not None and first.judge.reason.startswith("rrr")
