@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from agenttest.runner.trials import wilson_interval
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from support import Kube, Operator, agent_test
+from support import ROOT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]
 
@@ -282,3 +283,21 @@ def test_a_judge_rubric_passes_or_fails_with_the_judges_reason(
     ]
     # The judge's own model calls are not the agent's: the agent made three.
     assert temperature["modelCalls"] == 3
+
+
+def test_the_evaluation_sample_passes_against_the_demo_model(
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+) -> None:
+    start_operator()
+    manifest = yaml.safe_load(
+        (ROOT / "manifests" / "samples" / "agenttest-evaluation.yaml").read_text()
+    )
+    manifest["spec"]["model"]["endpoint"] = model_server.url
+    kube.apply(manifest)
+    status = kube.wait_for_phase("weather-agent", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
+    weather, capital = status["cases"]
+    assert (weather["passes"], weather["trials"], weather["flaky"]) == (3, 3, False)
+    assert weather["toolCalls"] == ["get_weather"]
+    assert weather["judge"]["score"] == 1.0 and capital["judge"]["score"] == 1.0
+    assert status["casesPassed"] == "2/2 (100%)"
