@@ -221,3 +221,15 @@ def test_each_verdict_keeps_the_evaluators_score_and_reason() -> None:
     ]
     # Strands Evals' own reason, kept for the report.
     assert "does not contain" in verdicts[1].reason
+
+
+def test_an_unreachable_judge_model_fails_the_check_never_passes_it() -> None:
+    from strands.models.ollama import OllamaModel
+
+    from agenttest.runner.config import JudgeRubric
+
+    judge = OllamaModel(host="http://127.0.0.1:1", model_id="judge")
+    checks = checks_for(Expectation(judge=JudgeRubric("Polite.")), judge, "judge")
+    assert failed(Expectation(), seen()) == []
+    [failure] = failures(evaluate(seen(), checks))
+    assert failure.startswith("judge: the judge model failed: ConnectError")
