@@ -14,7 +14,9 @@ model, the operator as a subprocess with the local backend.
 
 The runner (no control plane): the model gateway's added latency per call against
 the scripted model (gateway.py), and the time from launching the runner to its
-first case (runner.py; AGENTTEST_BENCH_BASELINE compares with another checkout).
+first case (runner.py; AGENTTEST_BENCH_BASELINE compares with another checkout);
+evaluation at scale, 50 cases x 5 trials x 2 models, and the judge's overhead per
+trial beside the agent's answer (evaluation.py).
 
 Fargate (moto over HTTP, the FargatePlayer of agenttest_dev.fargate as Fargate):
 
@@ -40,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
+from evaluation import measure_evaluation
 from gateway import gateway_latency
 from kubernetes import client, config, watch
 from runner import first_case_latency
@@ -480,6 +483,7 @@ def main() -> int:
     # The runner alone first: no control plane running beside it.
     record(results, {"gateway": gateway_latency()})
     record(results, {"runner": first_case_latency()})
+    record(results, measure_evaluation())
     with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
         cluster.install_crds(ROOT / "crds")
         config.load_kube_config(str(cluster.kubeconfig))
@@ -505,6 +509,7 @@ def main() -> int:
             "peak_rss_mb": 200,
             "gateway_added_p95_ms": 5.0,
             "first_case_later_than_before_seconds": 0.3,
+            "evaluation_overhead_p95_ms": 20.0,
         }
         print(json.dumps(results, indent=2))
     return 0

@@ -576,6 +576,7 @@ class Run:
         for trial in range(1, config.trials + 1):
             if self.deadline.expired():
                 raise TimedOut
+            begun = time.perf_counter()
             gateway.open_case(f"{case.name}#{trial}")
             started = time.perf_counter()
             try:
@@ -598,7 +599,9 @@ class Run:
                 evaluation,
                 checks,
             )
-            runs.append(record)
+            # The judge's own cost of the trial: all it did but wait for the answer.
+            overhead = time.perf_counter() - begun - latency
+            runs.append(dataclasses.replace(record, evaluation_seconds=overhead))
             if config.trials > 1:
                 host.flush()
                 log_trial(self.out, case, entry, record, config.trials)
@@ -619,7 +622,6 @@ class Run:
         checks: Any,
     ) -> TrialRecord:
         """Evaluate one trial's answer with what the gateway saw."""
-        begun = time.perf_counter()
         seen = observation(gateway_saw)
         price = self.config.prices.get(model.model_id)
         cost = price.cost(seen.input_tokens, seen.output_tokens) if price else None
@@ -661,7 +663,6 @@ class Run:
             failures=failures,
             judge_score=judged.score if judged is not None else None,
             judge_reason=judged.reason if judged is not None else "",
-            evaluation_seconds=time.perf_counter() - begun,
         )
 
 
