@@ -145,11 +145,11 @@ class Observation:
     output_tokens: int = 0
     tool_calls: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, tools_limit: int = TOOL_CALLS_LIMIT) -> dict[str, Any]:
         return {
             "modelCalls": self.model_calls,
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
-            "toolCalls": list(self.tool_calls[:TOOL_CALLS_LIMIT]),
+            "toolCalls": list(self.tool_calls[:tools_limit]),
         }
 
 
@@ -203,17 +203,22 @@ class CaseOutcome:
         return 1 if self.passed else 0
 
     def to_json(
-        self, output_limit: int = OUTPUT_LIMIT, failure_limit: int = FAILURE_LIMIT
+        self,
+        output_limit: int = OUTPUT_LIMIT,
+        failure_limit: int = FAILURE_LIMIT,
+        list_limit: int = TOOL_CALLS_LIMIT,
     ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
             "latencySeconds": round(self.latency_seconds, 3),
             "output": truncate(self.output, output_limit),
-            "failures": [truncate(failure, failure_limit) for failure in self.failures],
+            "failures": [
+                truncate(failure, failure_limit) for failure in self.failures[:list_limit]
+            ],
         }
         if self.observed is not None:
-            result.update(self.observed.to_json())
+            result.update(self.observed.to_json(list_limit))
         if self.model is not None:
             result["model"] = self.model
         if self.passes is not None:
@@ -306,14 +311,16 @@ class RunResult:
         One line must travel whole through every log pipeline (CloudWatch Logs
         splits events over 256 KiB), so fifty long answers share the room.
         """
-        output_limit, failure_limit = OUTPUT_LIMIT, FAILURE_LIMIT
+        output_limit, failure_limit, list_limit = OUTPUT_LIMIT, FAILURE_LIMIT, TOOL_CALLS_LIMIT
         while True:
             event: dict[str, Any] = {
                 "event": "result",
                 "passed": self.passed,
                 "reason": truncate(self.reason, FAILURE_LIMIT),
                 "summary": self.summary,
-                "cases": [case.to_json(output_limit, failure_limit) for case in self.cases],
+                "cases": [
+                    case.to_json(output_limit, failure_limit, list_limit) for case in self.cases
+                ],
             }
             if self.source_sha256:
                 event["sourceSha256"] = self.source_sha256
@@ -324,9 +331,10 @@ class RunResult:
             if self.trials > 1:
                 event["trials"] = self.trials
             size = len(json.dumps(event, separators=(",", ":")))
-            if size <= RESULT_LINE_LIMIT or output_limit <= 40:
+            if size <= RESULT_LINE_LIMIT or (output_limit <= 40 and list_limit <= 2):
                 return event
-            output_limit, failure_limit = output_limit // 2, max(80, failure_limit // 2)
+            output_limit, failure_limit = max(40, output_limit // 2), max(80, failure_limit // 2)
+            list_limit = max(2, list_limit // 2)
 
 
 @dataclass(frozen=True)
