@@ -152,12 +152,12 @@ class ModelSpec(ApiModel):
             "x-kubernetes-validations": [
                 cel(
                     "self.provider != 'bedrock' || has(self.region)",
-                    "spec.model.region is required when provider is bedrock",
+                    "region is required when provider is bedrock",
                     reason="FieldValueRequired",
                 ),
                 cel(
                     "self.provider != 'ollama' || has(self.endpoint)",
-                    "spec.model.endpoint is required when provider is ollama",
+                    "endpoint is required when provider is ollama",
                     reason="FieldValueRequired",
                 ),
             ]
