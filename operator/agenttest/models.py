@@ -325,7 +325,8 @@ class Expectation(ApiModel):
             "The answer must parse as JSON and validate against this JSON Schema (draft "
             "2020-12 unless $schema says otherwise). A ```json fence around the answer is "
             "allowed. type and required are checked when applied; any other error in the "
-            "schema fails the case, naming it."
+            "schema fails the case, naming it. The API server drops JSON null values: write "
+            'type: "null", not const: null.'
         ),
         json_schema_extra=_json_schema_field,
     )
