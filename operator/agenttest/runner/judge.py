@@ -31,7 +31,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agenttest.runner.channel import Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.config import Case, ConfigError, ModelConfig, RunConfig, parse_config_text
@@ -58,6 +58,7 @@ from agenttest.runner.protocol import (
     verdict,
 )
 from agenttest.runner.relay import Budget, Relay
+from agenttest.runner.reports import emit_report, minimal_document
 from agenttest.runner.requirements import InstallFailed, environment, install_requirements
 
 if TYPE_CHECKING:
@@ -502,6 +503,19 @@ def take_run_key(environ: MutableMapping[str, str]) -> bytes | None:
     return parse_run_key(text) if text else None
 
 
+def with_report(out: Emitter, result: RunResult, document: Mapping[str, Any]) -> RunResult:
+    """Emit the report's lines; the result to print after them names the report.
+
+    A report that cannot be sent costs the run its report, never its result line.
+    """
+    try:
+        ref = emit_report(out, document)
+    except Exception as error:
+        out.log(f"no report sent: {type(error).__name__}: {error}")
+        return result
+    return dataclasses.replace(result, report=ref)
+
+
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     """Run the judge and return the exit code; prints a signed result line in every outcome."""
     environ = os.environ if environ is None else environ
@@ -514,7 +528,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         config = load_config(args.config, environ)
     except ConfigError as error:
         out.log(f"bad config: {error}")
-        out.result(failed_setup(f"bad config: {error}", total_cases=0))
+        failed = failed_setup(f"bad config: {error}", total_cases=0)
+        out.result(with_report(out, failed, minimal_document(failed, (), None)))
         return EXIT_BAD_CONFIG
 
     workdir = Path(args.workdir) if args.workdir else Path.cwd()
@@ -528,7 +543,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         result = failed_setup(reason, len(config.cases))
 
     out.log(result.summary + ("" if result.passed else f" - {result.reason}"))
-    out.result(result)
+    report = minimal_document(result, config.cases, config.model)
+    out.result(with_report(out, result, report))
     if result.passed:
         return EXIT_PASSED
     return EXIT_TIMED_OUT if result.timed_out else EXIT_FAILED

@@ -177,6 +177,33 @@ class CaseOutcome:
 
 
 @dataclass(frozen=True)
+class ReportRef:
+    """Which report the result vouches for: the parts before it (runner/reports.py).
+
+    ``sha256`` is that of the report's uncompressed UTF-8 JSON; ``parts`` how many
+    signed report lines carry it. Travels in the result event as ``report``.
+    """
+
+    sha256: str
+    parts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "parts": self.parts}
+
+    @classmethod
+    def parse(cls, value: object) -> ReportRef:
+        """Raises ValueError for anything to_json never writes."""
+        if not isinstance(value, dict):
+            raise ValueError("report is not an object")
+        digest, parts = value.get("sha256"), value.get("parts")
+        if not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise ValueError("report.sha256 is not a SHA-256 in hex")
+        if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= 10_000:
+            raise ValueError("report.parts is not a count of parts")
+        return cls(digest, parts)
+
+
+@dataclass(frozen=True)
 class RunResult:
     passed: bool
     reason: str
@@ -188,6 +215,8 @@ class RunResult:
     # The agent host's distributions as name==version (requirements.environment);
     # empty when not listed (setup failed first, or more than ENVIRONMENT_LIMIT).
     environment: tuple[str, ...] = ()
+    # The report emitted before the result (runner/reports.py.emit_report), if any.
+    report: ReportRef | None = None
 
     @property
     def summary(self) -> str:
@@ -213,6 +242,8 @@ class RunResult:
                 event["sourceSha256"] = self.source_sha256
             if self.environment:
                 event["environment"] = list(self.environment)
+            if self.report is not None:
+                event["report"] = self.report.to_json()
             size = len(json.dumps(event, separators=(",", ":")))
             if size <= RESULT_LINE_LIMIT or output_limit <= 40:
                 return event
@@ -233,6 +264,7 @@ class ResultEvent:
     cases: tuple[dict[str, Any], ...]
     source_sha256: str | None = None
     environment: tuple[str, ...] = ()
+    report: ReportRef | None = None
 
     @classmethod
     def parse(cls, event: dict[str, Any]) -> ResultEvent:
@@ -260,6 +292,7 @@ class ResultEvent:
             )
         ):
             raise ValueError(f"environment is not a list of at most {ENVIRONMENT_LIMIT} pins")
+        report = event.get("report")
         return cls(
             passed=passed,
             reason=str(event.get("reason") or ""),
@@ -267,6 +300,7 @@ class ResultEvent:
             cases=tuple(cases),
             source_sha256=digest,
             environment=tuple(environment),
+            report=None if report is None else ReportRef.parse(report),
         )
 
 
