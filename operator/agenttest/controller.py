@@ -14,13 +14,16 @@ import datetime
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from agenttest import faults, lifecycle, logtail, packaging, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
-from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase
-from agenttest.publishing import PublishDeferred, Publisher, PublishRefused
+from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase, Reports
+from agenttest.publishing import Publisher
+from agenttest.reporting import ReportStore
+from agenttest.s3objects import PublishDeferred, PublishRefused
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
 from agenttest.sources import SourceUnavailable, attempt_snapshot, runner_config, s3_grants
@@ -49,6 +52,11 @@ class Runtime:
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
     publisher: Publisher | None = None
+    # Where finished tests' reports go; None: no results bucket and no package bucket.
+    report_store: ReportStore | None = None
+    # Reports assembled from a finished execution's output and not stored yet, per
+    # (uid, attempt); they live only here until stored (Reported=Unknown meanwhile).
+    pending_reports: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     # Steps that raised in a row, per execution (see STEP_ERROR_LIMIT).
     step_errors: dict[ExecutionKey, int] = field(default_factory=dict)
 
@@ -289,6 +297,8 @@ async def _look(rt: Runtime, test: AgentTest) -> lifecycle.Followed:
         rt.progress[execution_id] = replace(progress, exited_at=followed.exited_at)
     elif execution_id is not None and followed.act == Act.DONE:
         rt.progress.pop(execution_id, None)
+    if followed.report is not None:
+        rt.pending_reports[(test.uid, status.attempt)] = followed.report
     return followed
 
 
@@ -368,6 +378,8 @@ async def delete(rt: Runtime, namespace: str, uid: str, status: AgentTestStatus)
         rt.progress.pop(execution_id, None)
     for key in [key for key in rt.step_errors if key.uid == uid]:
         del rt.step_errors[key]
+    for pending in [pending for pending in rt.pending_reports if pending[0] == uid]:
+        del rt.pending_reports[pending]
 
 
 OwnerUid = Callable[[str, str], Awaitable[str | None]]
@@ -440,3 +452,38 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
         return status
     recorded = PackageRef(name=published.name, s3_uri=published.uri, sha256=published.sha256)
     return outcome(True, "Uploaded", f"{published.uri} ({published.size} bytes)", recorded)
+
+
+async def report(rt: Runtime, test: AgentTest) -> AgentTestStatus:
+    """Store the report of a finished test (the Reported condition, status.reports)."""
+    status = test.status
+    now = rt.clock()
+    attempt = (test.uid, status.attempt)
+
+    def outcome(
+        ok: bool, reason: str, message: str, stored: Reports | None = None
+    ) -> AgentTestStatus:
+        rt.pending_reports.pop(attempt, None)
+        return lifecycle.reported(status, ok, reason, message, test.generation, now, stored)
+
+    if rt.report_store is None:
+        return outcome(
+            False,
+            "NotConfigured",
+            "no results bucket: set AGENTTEST_RESULTS_BUCKET (or AGENTTEST_PACKAGE_BUCKET) "
+            "to store reports",
+        )
+    document = rt.pending_reports.get(attempt)
+    if document is None:
+        return outcome(
+            False,
+            "ReportLost",
+            "the operator restarted before it stored the report; retry the test for a new one",
+        )
+    try:
+        stored = await rt.report_store.store(test, document, now)
+    except PublishRefused as error:
+        return outcome(False, error.reason, error.message)
+    except PublishDeferred:
+        return status  # transient: the store logged it and backs off before the next try
+    return outcome(True, "Stored", stored.json_, stored)
