@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import zipfile
 from typing import Any
 
 import junitparser
+import pytest
 from test_following import POLICY
 from test_packaging import sample_input
 
-from agenttest import conditions, lifecycle, logtail, packaging, reports
+from agenttest import conditions, lifecycle, logtail, packaging, report_cli, reports
 from agenttest.executions import ExecutionState, Observation
 from agenttest.lifecycle import Act
 from agenttest.logtail import Progress
@@ -173,3 +175,66 @@ def test_a_package_holds_the_stored_report_and_its_junit() -> None:
     archive = zipfile.ZipFile(io.BytesIO(packaging.build_zip(files)))
     assert archive.read("junit.xml") == junit
     assert "report.json" not in packaging.render(sample_input())
+
+
+# --------------------------------------------------------------------------- agenttest report
+
+
+def finished_test(**status: Any) -> dict[str, Any]:
+    json_key, _ = reports.keys("ns", "t", "u-1", 2)
+    return {
+        "metadata": {"namespace": "ns", "name": "t", "uid": "u-1"},
+        "status": {
+            "phase": "Failed",
+            "attempt": 2,
+            "reports": {"json": f"s3://b/{json_key}", "junit": "s3://b/j", "sha256": "c" * 64},
+            **status,
+        },
+    }
+
+
+def test_the_cli_finds_the_report_only_at_the_tests_own_key() -> None:
+    located = report_cli.locate(finished_test())
+    assert (located.bucket, located.key) == ("b", "reports/ns/t/u-1/2/report.json")
+    moved = finished_test(reports={"json": "s3://b/elsewhere.json", "sha256": "c" * 64})
+    with pytest.raises(report_cli.NoReport, match="not at its own key"):
+        report_cli.locate(moved)
+
+
+def test_the_cli_says_why_there_is_no_report() -> None:
+    with pytest.raises(report_cli.NoReport, match="has not finished"):
+        report_cli.locate(finished_test(phase="Running"))
+    refused = {"type": "Reported", "status": "False", "reason": "NotConfigured", "message": "m"}
+    with pytest.raises(report_cli.NoReport, match="NotConfigured: m"):
+        report_cli.locate(finished_test(reports=None, conditions=[refused]))
+    with pytest.raises(report_cli.NoReport, match="sent no report"):
+        report_cli.locate(finished_test(reports=None, phase="Cancelled"))
+
+
+def test_the_cli_checks_the_digest_and_prints_a_row_per_case_and_model() -> None:
+    result = verdict(
+        [
+            CaseOutcome("greets", True, 0.5, "hello"),
+            CaseOutcome("counts", False, 0.7, "three", ("contains '4': not found",)),
+        ],
+        2,
+    )
+    data, _ = reports.files(runner_reports.minimal_document(result, (), None))
+    located = report_cli.Located("b", "k", hashlib.sha256(data).hexdigest(), "Failed")
+    document = report_cli.verify(data, located)
+    with pytest.raises(report_cli.NoReport, match="not the stored report"):
+        report_cli.verify(data + b" ", located)
+    header, *rows = report_cli.table(document).splitlines()
+    assert header.split() == [
+        "CASE",
+        "MODEL",
+        "PASSES",
+        "RATE",
+        "INTERVAL",
+        "FLAKY",
+        "FIRST",
+        "FAILURE",
+    ]
+    assert rows[0].split()[:6] == ["greets", "default", "1/1", "100%", "21%-100%", "no"]
+    assert rows[1].split()[:3] == ["counts", "default", "0/1"]
+    assert rows[1].endswith("contains '4': not found")
