@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agenttest import faults, lifecycle, logtail, packaging, runkeys
+from agenttest import faults, lifecycle, logtail, packaging, reports, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
@@ -474,16 +474,61 @@ async def report(rt: Runtime, test: AgentTest) -> AgentTestStatus:
             "to store reports",
         )
     document = rt.pending_reports.get(attempt)
-    if document is None:
-        return outcome(
-            False,
-            "ReportLost",
-            "the operator restarted before it stored the report; retry the test for a new one",
-        )
     try:
+        if document is None:
+            # This operator did not see the test end (it restarted in between): the
+            # execution's output still holds the signed report.
+            rt.report_store.backoff.wait(attempt, now)
+            try:
+                document = await reread_report(rt, test)
+            except Exception as error:
+                if not faults.transient(error):
+                    raise
+                raise rt.report_store.backoff.failed(attempt, now, error) from error
+            if document is None:
+                return outcome(
+                    False,
+                    "ReportLost",
+                    "the operator restarted before it stored the report, and the execution's "
+                    "output no longer holds it; retry the test for a new one",
+                )
         stored = await rt.report_store.store(test, document, now)
     except PublishRefused as error:
         return outcome(False, error.reason, error.message)
     except PublishDeferred:
         return status  # transient: the store logged it and backs off before the next try
+    except Exception as error:
+        # Reading the output again failed for good (the execution is gone, its result
+        # cannot be read): the report is lost, which is said once.
+        return outcome(False, "ReportLost", f"the report cannot be read again: {error}")
     return outcome(True, "Stored", stored.json_, stored)
+
+
+# Reads of a finished execution's output when its report is read again: its whole
+# output, at most (a report is at most runner.reports.MAX_PARTS lines of 64 KiB).
+REREAD_LIMIT = 256
+
+
+async def reread_report(rt: Runtime, test: AgentTest) -> dict[str, Any] | None:
+    """The report of the test's finished execution, read again from its output.
+
+    None when the execution, its verified result or the report that result names
+    is not there (any more). Only lines signed with the attempt's key count, as on
+    the first read.
+    """
+    found = await _locate(rt, test, test.status)
+    if found is None:
+        return None
+    executor, execution_id = found
+    key = bytes.fromhex(rt.run_key(test.uid, test.status))
+    progress = logtail.Progress(execution_id)
+    for _ in range(REREAD_LIMIT):
+        chunk = await executor.read_logs(execution_id, progress.cursor)
+        progress = logtail.follow(progress, chunk.lines, 1, chunk.cursor, key)  # no tail
+        if progress.result is not None or not chunk.more:
+            break
+    if progress.result is None:
+        return None
+    result = lifecycle.RunnerResult.from_event(progress.result)
+    assembled = reports.assemble(result.report, progress.report_parts, progress.report_problem)
+    return assembled.document if assembled is not None else None

@@ -19,6 +19,7 @@ import pytest
 from agenttest_dev.fargate import AwsEnvironment
 from agenttest_dev.modelserver import ScriptedModelServer
 
+from s3policy import S3PolicyProxy
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 RESULTS_BUCKET = "agenttest-results"
@@ -159,3 +160,40 @@ def test_passing_failing_and_broken_tests_all_store_their_reports(
 
     missing = report_command(kube, aws, "no-such-test")
     assert missing.returncode == 2 and "no AgentTest no-such-test" in missing.stderr
+
+
+def test_a_restarted_operator_stores_the_report_from_the_executions_output(
+    kube: Kube,
+    start_operator: Callable[..., Operator],
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    # The first operator sees the test end but S3 answers every put with 503.
+    with S3PolicyProxy(aws.endpoint, RESULTS_BUCKET, prefix="reports/") as down:
+        down.fail_next("PUT", 100_000, 503, "SlowDown")
+        first = start_operator(
+            extra_env={**aws.env(), "AWS_ENDPOINT_URL_S3": down.endpoint},
+            results_bucket=RESULTS_BUCKET,
+        )
+        kube.apply(agent_test("later", SIMPLE_AGENT, model_server.url, package={"enabled": False}))
+        kube.wait_for("the store to be tried", lambda: down.count("PUT", 503) > 0, 120)
+        status = kube.get("later")["status"]
+        assert status["phase"] == "Succeeded"
+        pending = condition(status, "Reported")
+        assert pending is not None and pending["status"] == "Unknown", pending
+        # It dies with the report only in its memory.
+        first.kill()
+
+    start_operator(extra_env=aws.env(), results_bucket=RESULTS_BUCKET)
+
+    def settled() -> dict[str, Any] | None:
+        status: dict[str, Any] = kube.get("later")["status"]
+        done = (condition(status, "Reported") or {}).get("status") in ("True", "False")
+        return status if done else None
+
+    status = kube.wait_for("the report to be stored", settled, 60)
+    stored = condition(status, "Reported")
+    assert stored is not None and stored["status"] == "True", stored
+    data = s3_object(aws, status["reports"]["json"])
+    assert hashlib.sha256(data).hexdigest() == status["reports"]["sha256"]
+    assert json.loads(data)["cases"][0]["name"] == "greets"
