@@ -185,6 +185,8 @@ async def drive(
         return
     step = await controller.reconcile(rt, test, lambda: _entries(queue_index))
     written = await write_status(body, memo, old, step.status)
+    # The step's Events first: storing a report and packaging take S3 round trips.
+    _post_events(body, old, written, step.transitions)
     if written.phase == Phase.ERROR and step.status.phase != Phase.ERROR:
         # The status was refused for its size and replaced by an Error.
         await controller.stop(rt, test, written, "its status could not be written", strict=False)
@@ -196,8 +198,7 @@ async def drive(
             written = await write_status(body, memo, written, reported)
         if lifecycle.needs_package(written, test.spec.package.enabled):
             packaged = await controller.package(rt, test.with_status(written))
-            written = await write_status(body, memo, written, packaged)
-    _post_events(body, old, written, step.transitions)
+            await write_status(body, memo, written, packaged)
 
 
 def _brief(error: ValidationError) -> str:

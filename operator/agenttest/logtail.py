@@ -5,8 +5,8 @@ is the last lines that fit the byte budget, without ANSI escapes, without
 machine lines, and with anything that looks like a credential masked; and the
 judge's phase, report and result events, taken only from machine lines whose
 signature verifies under the execution's key (report parts are kept for the
-report, runner/reports.py, and never shown in the tail). A machine line that does not verify is
-counted as forged and otherwise ignored.
+report, runner/reports.py, and never shown in the tail). A machine line that
+does not verify is counted as forged and otherwise ignored.
 """
 
 from __future__ import annotations
