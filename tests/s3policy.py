@@ -1,10 +1,10 @@
 """S3 as the operator's role sees it: a proxy in front of moto that applies the role's policy.
 
 The infrastructure (infrastructure/agenttest_infra/stack.py) grants the operator
-s3:GetObject and s3:PutObject under the packages prefix, and s3:ListBucket only
-for listings under that prefix. S3 then answers a HeadObject of a missing key
-with 403, not 404: without s3:ListBucket on the bucket, a caller may not learn
-whether a key exists. moto can enforce IAM, but it authorizes HeadObject as
+s3:GetObject and s3:PutObject under the packages prefix (and the reports prefix),
+and s3:ListBucket only for listings under the packages prefix. S3 then answers a
+HeadObject of a missing key with 403, not 404: without s3:ListBucket on the bucket,
+a caller may not learn whether a key exists. moto can enforce IAM, but it authorizes HeadObject as
 s3:GetObject alone and answers a missing key 404 whatever the caller may list,
 so it cannot show that answer; this proxy applies the policy in front of it.
 
@@ -37,10 +37,18 @@ def error_body(code: str, message: str) -> bytes:
 class S3PolicyProxy:
     """Path-style S3 on loopback (what boto3 uses for an IP endpoint), policed by prefix."""
 
-    def __init__(self, upstream: str, bucket: str, prefix: str = "packages/") -> None:
+    def __init__(
+        self,
+        upstream: str,
+        bucket: str,
+        prefix: str = "packages/",
+        objects_also: tuple[str, ...] = ("reports/",),
+    ) -> None:
         self.upstream = urlsplit(upstream)
         self.bucket = bucket
         self.prefix = prefix
+        # Other prefixes whose objects (not listings) the role may get and put.
+        self.objects_also = objects_also
         self.endpoint = ""
         # (method, key, status answered), in order.
         self.answered: list[tuple[str, str, int]] = []
@@ -109,7 +117,7 @@ class S3PolicyProxy:
         if bucket != self.bucket:
             return None  # not the policed bucket: moto answers as it would
         if key:
-            if not key.startswith(self.prefix):
+            if not key.startswith((self.prefix, *self.objects_also)):
                 return 403, "AccessDenied", "Access Denied"
             with self._lock:
                 queued = self._failures.get(method)

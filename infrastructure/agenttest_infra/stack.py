@@ -58,6 +58,10 @@ TEST_ARTIFACTS_PREFIX = "test-artifacts/"
 # <bucket>/test-artifacts/configs/<namespace>/<name>/<execution>.json
 # (AGENTTEST_FARGATE_CONFIG_BUCKET) and the runner task gets them back from S3.
 CONFIGS_PREFIX = f"{TEST_ARTIFACTS_PREFIX}configs/"
+# Every finished test's report.json and junit.xml: the operator puts them at
+# <bucket>/reports/<namespace>/<name>/<uid>/<attempt>/ (operator/agenttest/reports.py)
+# and reads report.json back into a passing test's package.
+REPORTS_PREFIX = "reports/"
 OLLAMA_PORT = 11434
 
 PROVIDERS = ("ollama", "bedrock")
@@ -708,6 +712,12 @@ class AgentTestInfraStack(cdk.Stack):
                 sid="ReadWritePackages",
                 actions=["s3:GetObject", "s3:GetObjectAttributes", "s3:PutObject"],
                 resources=[self.bucket.arn_for_objects(f"{prefix}*")],
+            ),
+            iam.PolicyStatement(
+                # HeadObject (a repeated put stores nothing twice) is s3:GetObject.
+                sid="ReadWriteReports",
+                actions=["s3:GetObject", "s3:PutObject"],
+                resources=[self.bucket.arn_for_objects(f"{REPORTS_PREFIX}*")],
             ),
             iam.PolicyStatement(
                 sid="ListPackages",

@@ -2,6 +2,8 @@
 
 agenttest run [flags]      run the operator (flags override AGENTTEST_* variables)
 agenttest crds [--check]   write or check the CRDs in crds/
+agenttest package download|url NAME   fetch a DeploymentPackage
+agenttest report NAME      print a finished test's report (exit 0 passed, 1 failed, 2 none)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import logging
 import sys
 
-from agenttest import package_cli
+from agenttest import package_cli, report_cli
 from agenttest.settings import Settings, activate
 
 
@@ -74,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_setting_flags(run_parser)
     sub.add_parser("crds", help="generate the CRDs (python -m agenttest.crdgen)")
     package_cli.add_parser(sub)
+    report_cli.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "package":
+    if args.command in ("package", "report"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return package_cli.run(args)
+        return package_cli.run(args) if args.command == "package" else report_cli.run(args)
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -89,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def kubectl_plugin() -> int:
-    """`kubectl agenttest download|url NAME`: kubectl finds `kubectl-agenttest` on PATH."""
-    return main(["package", *sys.argv[1:]])
+    """`kubectl agenttest download|url|report NAME`: kubectl finds `kubectl-agenttest` on PATH."""
+    args = sys.argv[1:]
+    if args[:1] == ["report"]:
+        return main(args)
+    return main(["package", *args])
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ import datetime
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from agenttest import faults, lifecycle, logtail, packaging, runkeys
+from agenttest import faults, lifecycle, logtail, packaging, reports, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
-from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase
-from agenttest.publishing import PublishDeferred, Publisher, PublishRefused
+from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase, Reports
+from agenttest.publishing import Publisher
+from agenttest.reporting import ReportStore
+from agenttest.s3objects import PublishDeferred, PublishRefused
 from agenttest.scheduling import QueueEntry, Scheduler
 from agenttest.settings import Settings
 from agenttest.sources import SourceUnavailable, attempt_snapshot, runner_config, s3_grants
@@ -49,6 +52,11 @@ class Runtime:
     clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     progress: dict[str, logtail.Progress] = field(default_factory=dict)
     publisher: Publisher | None = None
+    # Where finished tests' reports go; None: no results bucket and no package bucket.
+    report_store: ReportStore | None = None
+    # Reports assembled from a finished execution's output and not stored yet, per
+    # (uid, attempt); they live only here until stored (Reported=Unknown meanwhile).
+    pending_reports: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     # Steps that raised in a row, per execution (see STEP_ERROR_LIMIT).
     step_errors: dict[ExecutionKey, int] = field(default_factory=dict)
 
@@ -289,6 +297,8 @@ async def _look(rt: Runtime, test: AgentTest) -> lifecycle.Followed:
         rt.progress[execution_id] = replace(progress, exited_at=followed.exited_at)
     elif execution_id is not None and followed.act == Act.DONE:
         rt.progress.pop(execution_id, None)
+    if followed.report is not None:
+        rt.pending_reports[(test.uid, status.attempt)] = followed.report
     return followed
 
 
@@ -368,6 +378,8 @@ async def delete(rt: Runtime, namespace: str, uid: str, status: AgentTestStatus)
         rt.progress.pop(execution_id, None)
     for key in [key for key in rt.step_errors if key.uid == uid]:
         del rt.step_errors[key]
+    for pending in [pending for pending in rt.pending_reports if pending[0] == uid]:
+        del rt.pending_reports[pending]
 
 
 OwnerUid = Callable[[str, str], Awaitable[str | None]]
@@ -454,3 +466,83 @@ async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     named = ", ".join(f"{one.model} {one.uri}" for one in published)
     message = f"{len(published)} package{'s' if len(published) != 1 else ''}: {named}"
     return outcome(True, "Uploaded", message, refs[0] if refs else None, refs)
+
+
+async def report(rt: Runtime, test: AgentTest) -> AgentTestStatus:
+    """Store the report of a finished test (the Reported condition, status.reports)."""
+    status = test.status
+    now = rt.clock()
+    attempt = (test.uid, status.attempt)
+
+    def outcome(
+        ok: bool, reason: str, message: str, stored: Reports | None = None
+    ) -> AgentTestStatus:
+        rt.pending_reports.pop(attempt, None)
+        return lifecycle.reported(status, ok, reason, message, test.generation, now, stored)
+
+    if rt.report_store is None:
+        return outcome(
+            False,
+            "NotConfigured",
+            "no results bucket: set AGENTTEST_RESULTS_BUCKET (or AGENTTEST_PACKAGE_BUCKET) "
+            "to store reports",
+        )
+    document = rt.pending_reports.get(attempt)
+    try:
+        if document is None:
+            # This operator did not see the test end (it restarted in between): the
+            # execution's output still holds the signed report.
+            rt.report_store.backoff.wait(attempt, now)
+            try:
+                document = await reread_report(rt, test)
+            except Exception as error:
+                if not faults.transient(error):
+                    raise
+                raise rt.report_store.backoff.failed(attempt, now, error) from error
+            if document is None:
+                return outcome(
+                    False,
+                    "ReportLost",
+                    "the operator restarted before it stored the report, and the execution's "
+                    "output no longer holds it; retry the test for a new one",
+                )
+        stored = await rt.report_store.store(test, document, now)
+    except PublishRefused as error:
+        return outcome(False, error.reason, error.message)
+    except PublishDeferred:
+        return status  # transient: the store logged it and backs off before the next try
+    except Exception as error:
+        # Reading the output again failed for good (the execution is gone, its result
+        # cannot be read): the report is lost, which is said once.
+        return outcome(False, "ReportLost", f"the report cannot be read again: {error}")
+    return outcome(True, "Stored", stored.json_, stored)
+
+
+# Reads of a finished execution's output when its report is read again: its whole
+# output, at most (a report is at most runner.reports.MAX_PARTS lines of 64 KiB).
+REREAD_LIMIT = 256
+
+
+async def reread_report(rt: Runtime, test: AgentTest) -> dict[str, Any] | None:
+    """The report of the test's finished execution, read again from its output.
+
+    None when the execution, its verified result or the report that result names
+    is not there (any more). Only lines signed with the attempt's key count, as on
+    the first read.
+    """
+    found = await _locate(rt, test, test.status)
+    if found is None:
+        return None
+    executor, execution_id = found
+    key = bytes.fromhex(rt.run_key(test.uid, test.status))
+    progress = logtail.Progress(execution_id)
+    for _ in range(REREAD_LIMIT):
+        chunk = await executor.read_logs(execution_id, progress.cursor)
+        progress = logtail.follow(progress, chunk.lines, 1, chunk.cursor, key)  # no tail
+        if progress.result is not None or not chunk.more:
+            break
+    if progress.result is None:
+        return None
+    result = lifecycle.RunnerResult.from_event(progress.result)
+    assembled = reports.assemble(result.report, progress.report_parts, progress.report_problem)
+    return assembled.document if assembled is not None else None

@@ -5,7 +5,8 @@
   it from the initial listing before any timer runs, which is what lets a
   restarted operator rebuild its queue before it starts anything.
 * `drive` steps each test that wants one (`lifecycle.wants_step`) every
-  `poll_interval` seconds through `controller.reconcile`.
+  `poll_interval` seconds through `controller.reconcile`, then stores a finished
+  test's report (`controller.report`) and packages a passing one (`controller.package`).
 * `expire` deletes finished tests after `ttlSecondsAfterFinished`.
 * `stop_on_delete` is the finalizer: a deleted test's execution is stopped
   and cleaned up before the resource goes away.
@@ -184,14 +185,20 @@ async def drive(
         return
     step = await controller.reconcile(rt, test, lambda: _entries(queue_index))
     written = await write_status(body, memo, old, step.status)
+    # The step's Events first: storing a report and packaging take S3 round trips.
+    _post_events(body, old, written, step.transitions)
     if written.phase == Phase.ERROR and step.status.phase != Phase.ERROR:
         # The status was refused for its size and replaced by an Error.
         await controller.stop(rt, test, written, "its status could not be written", strict=False)
-    elif lifecycle.needs_package(written, test.spec.package.enabled):
-        # After the Succeeded write, so the test shows its result first.
-        packaged = await controller.package(rt, test.with_status(written))
-        await write_status(body, memo, written, packaged)
-    _post_events(body, old, written, step.transitions)
+    else:
+        # After the finished write, so the test shows its result first; the report
+        # before the package, which holds it.
+        if lifecycle.needs_report(written):
+            reported = await controller.report(rt, test.with_status(written))
+            written = await write_status(body, memo, written, reported)
+        if lifecycle.needs_package(written, test.spec.package.enabled):
+            packaged = await controller.package(rt, test.with_status(written))
+            await write_status(body, memo, written, packaged)
 
 
 def _brief(error: ValidationError) -> str:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agenttest import conditions
+from agenttest import conditions, reports
 from agenttest.executions import ExecutionState, Observation
 from agenttest.logtail import Progress
 from agenttest.models import (
@@ -34,8 +34,9 @@ from agenttest.models import (
     ModelResult,
     PackageRef,
     Phase,
+    Reports,
 )
-from agenttest.runner.protocol import EXIT_TIMED_OUT, PHASE_RUNNING, ResultEvent
+from agenttest.runner.protocol import EXIT_TIMED_OUT, PHASE_RUNNING, ReportRef, ResultEvent
 
 # Fields of the spec that define what a run does; changing any of them starts
 # a new attempt. priority, cancel and ttlSecondsAfterFinished do not.
@@ -109,8 +110,11 @@ def start_attempt(
         observed_retry=retry or status.observed_retry,
         spec_hash=run_fingerprint(spec),
         # Keep Ready/Succeeded for their transition times; a new attempt gets
-        # its own package, so the old Packaged condition goes.
-        conditions=conditions.without(status.conditions, ConditionType.PACKAGED),
+        # its own package and report, so the old Packaged and Reported conditions go.
+        conditions=conditions.without(
+            conditions.without(status.conditions, ConditionType.PACKAGED),
+            ConditionType.REPORTED,
+        ),
         log_tail=None,
         forged_lines=None,
     )
@@ -188,6 +192,7 @@ class RunnerResult:
     source_sha256: str | None = None
     environment: list[str] = field(default_factory=list)
     models: list[ModelResult] = field(default_factory=list)
+    report: ReportRef | None = None  # the report sent before the result, if any
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> RunnerResult:
@@ -201,6 +206,7 @@ class RunnerResult:
             source_sha256=read.source_sha256,
             environment=list(read.environment),
             models=[model_result(model) for model in read.models],
+            report=read.report,
         )
 
 
@@ -475,7 +481,7 @@ def wants_step(
     """Unfinished; passed but not yet packaged; or finished and asked for a new attempt."""
     if status.phase is None or not status.phase.finished:
         return True
-    if needs_package(status, package_enabled):
+    if needs_package(status, package_enabled) or needs_report(status):
         return True
     return (retry is not None and retry != status.observed_retry) or (
         generation != status.observed_generation
@@ -492,12 +498,95 @@ def finished_at(status: AgentTestStatus) -> datetime.datetime | None:
 
 
 def needs_package(status: AgentTestStatus, enabled: bool) -> bool:
-    """A passing test whose package has been neither made nor refused yet."""
+    """A passing test whose package has been neither made nor refused yet.
+
+    Not while its report is being stored: the package holds the stored report.
+    """
     return (
         enabled
         and status.phase == Phase.SUCCEEDED
         and not conditions.has(status.conditions, ConditionType.PACKAGED)
+        and not needs_report(status)
     )
+
+
+# --------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------
+
+REPORT_PENDING = "Pending"
+
+
+def needs_report(status: AgentTestStatus) -> bool:
+    """A finished test whose report arrived and is neither stored nor refused yet."""
+    reported = conditions.get(status.conditions, ConditionType.REPORTED)
+    return (
+        status.phase is not None
+        and status.phase.finished
+        and reported is not None
+        and reported.status == "Unknown"
+    )
+
+
+def report_arrived(
+    status: AgentTestStatus, assembled: reports.Assembled | None, now: datetime.datetime
+) -> AgentTestStatus:
+    """A finished status with what became of the report its result named.
+
+    Assembled: Reported=Unknown until the controller has stored it. Not: said once,
+    in the message (and so in the phase's Event) and in Reported=False.
+    """
+    if assembled is None:
+        return status
+    generation = status.observed_generation or 0
+    if assembled.document is not None:
+        listed = conditions.set_condition(
+            status.conditions,
+            ConditionType.REPORTED,
+            "Unknown",
+            REPORT_PENDING,
+            "storing the report",
+            generation,
+            now,
+        )
+        return status.model_copy(update={"conditions": listed})
+    problem = f"the report cannot be read: {assembled.problem}; none is stored"
+    listed = conditions.set_condition(
+        status.conditions,
+        ConditionType.REPORTED,
+        "False",
+        "ReportUnreadable",
+        problem,
+        generation,
+        now,
+    )
+    message = f"{status.message}; {problem}" if status.message else problem
+    return status.model_copy(update={"conditions": listed, "message": message})
+
+
+def reported(
+    status: AgentTestStatus,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+    stored: Reports | None = None,
+) -> AgentTestStatus:
+    """Record the outcome of storing a report (the Reported condition, status.reports)."""
+    listed = conditions.set_condition(
+        status.conditions,
+        ConditionType.REPORTED,
+        "True" if ok else "False",
+        reason,
+        message,
+        generation,
+        now,
+    )
+    update: dict[str, Any] = {"conditions": listed}
+    if stored is not None:
+        update["reports"] = stored
+    return status.model_copy(update=update)
 
 
 # --------------------------------------------------------------------------
@@ -575,6 +664,8 @@ class Followed:
     stop_reason: str = ""
     # When the execution was first seen exited without a result (log grace).
     exited_at: datetime.datetime | None = None
+    # The report the verified result named, assembled: for the controller to store.
+    report: dict[str, Any] | None = None
 
 
 def follow(
@@ -599,7 +690,8 @@ def follow(
         in_grace = (now - exited_at).total_seconds() < log_grace_seconds
         if progress.result is None and (progress.throttled or in_grace) and not over_time:
             return Followed(status, Act.AWAIT_LOGS, exited_at=exited_at)
-        return Followed(_ended(status, spec, observation, progress, now), Act.DONE)
+        ended, report = _ended(status, spec, observation, progress, now)
+        return Followed(ended, Act.DONE, report=report)
     if observation.state == ExecutionState.MISSING:
         if observation.infra_failure:
             retried = infra_failure(
@@ -623,14 +715,15 @@ def _ended(
     observation: Observation,
     progress: Progress,
     now: datetime.datetime,
-) -> AgentTestStatus:
-    """The final status of an execution that exited."""
+) -> tuple[AgentTestStatus, dict[str, Any] | None]:
+    """The final status of an execution that exited, and the report its result named."""
     if observation.timed_out:
-        return finish(status, Phase.TIMED_OUT, observation.reason, now)
+        return finish(status, Phase.TIMED_OUT, observation.reason, now), None
     try:
         result = RunnerResult.from_event(progress.result) if progress.result else None
     except ValueError as error:
-        return finish(status, Phase.ERROR, f"the runner's result cannot be read: {error}", now)
+        reason = f"the runner's result cannot be read: {error}"
+        return finish(status, Phase.ERROR, reason, now), None
     phase, message = outcome(
         result,
         observation.exit_code,
@@ -640,7 +733,11 @@ def _ended(
         forged=progress.forged,
         trials=spec.trials,
     )
-    return finish(status, phase, message, now, result)
+    ended = finish(status, phase, message, now, result)
+    if result is None:
+        return ended, None
+    assembled = reports.assemble(result.report, progress.report_parts, progress.report_problem)
+    return report_arrived(ended, assembled, now), assembled.document if assembled else None
 
 
 def stopped(

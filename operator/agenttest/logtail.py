@@ -3,9 +3,10 @@
 Pure functions, no I/O. Lines go in as the backend reads them; what comes out
 is the last lines that fit the byte budget, without ANSI escapes, without
 machine lines, and with anything that looks like a credential masked; and the
-judge's phase and result events, taken only from machine lines whose signature
-verifies under the execution's key. A machine line that does not verify is
-counted as forged and otherwise ignored.
+judge's phase, report and result events, taken only from machine lines whose
+signature verifies under the execution's key (report parts are kept for the
+report, runner/reports.py, and never shown in the tail). A machine line that
+does not verify is counted as forged and otherwise ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from agenttest import redaction
 from agenttest.runner.protocol import MACHINE_PREFIX, ForgedLine, verify_line
+from agenttest.runner.reports import EVENT as REPORT_EVENT
+from agenttest.runner.reports import MAX_PARTS, ReportPart
 
 
 def clean_line(line: str) -> str:
@@ -56,6 +59,10 @@ class Progress:
     last_seq: int = 0  # the newest verified machine line
     forged: int = 0  # machine lines that did not verify
     forged_reported: bool = False  # the ForgedOutput Event went out
+    # Verified parts of the judge's report, assembled when the result names it.
+    report_parts: tuple[ReportPart, ...] = ()
+    # Why a verified report event could not be kept (the first such reason).
+    report_problem: str | None = None
 
 
 def follow(
@@ -64,6 +71,7 @@ def follow(
     """Fold newly read lines into the progress of an execution."""
     phase, result, last = progress.runner_phase, progress.result, progress.last_line
     last_seq, forged = progress.last_seq, progress.forged
+    parts, problem = list(progress.report_parts), progress.report_problem
     for line in lines:
         if not is_machine_line(line):
             if line.strip():
@@ -78,6 +86,13 @@ def follow(
             phase = str(event.get("phase"))
         elif event.get("event") == "result":
             result = event
+        elif event.get("event") == REPORT_EVENT:
+            try:
+                if len(parts) >= MAX_PARTS:
+                    raise ValueError(f"more than {MAX_PARTS} report parts")
+                parts.append(ReportPart.parse(event))
+            except ValueError as error:
+                problem = problem or str(error)
     return replace(
         progress,
         cursor=cursor,
@@ -87,4 +102,6 @@ def follow(
         last_line=last,
         last_seq=last_seq,
         forged=forged,
+        report_parts=tuple(parts),
+        report_problem=problem,
     )

@@ -579,12 +579,14 @@ class ConditionType(StrEnum):
     READY = "Ready"  # kstatus: the resource has done what it is for (a test: it passed)
     SUCCEEDED = "Succeeded"  # Tekton: Unknown while running, then True or False
     PACKAGED = "Packaged"  # a passing test's DeploymentPackage was made, or why not
+    # The judge's report was stored in S3 (True), is being stored (Unknown), or why not.
+    REPORTED = "Reported"
 
 
 class Condition(ApiModel):
     """A Kubernetes API condition (type, status, reason, message, lastTransitionTime)."""
 
-    type: str = Field(description="Condition type: Ready or Succeeded.")
+    type: str = Field(description="Condition type: Ready, Succeeded, Packaged or Reported.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(default="", description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -734,6 +736,28 @@ class ModelResult(ApiModel):
     )
 
 
+class Reports(ApiModel):
+    """Where the operator stored the judge's report of this attempt.
+
+    Status keeps summaries only; every trial's answer, observations and evaluator
+    verdicts are in these objects. `agenttest report NAME` prints and fetches them.
+    """
+
+    json_: str = Field(
+        alias="json",
+        description=(
+            "S3 URI of report.json: the judge's report (every case on every model, every "
+            "trial with its answer, observed tool calls, tokens and latency, each "
+            "evaluator's score and reason), redacted, with the test it belongs to."
+        ),
+    )
+    junit: str = Field(description="S3 URI of junit.xml: the report as JUnit XML, for CI.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the stored report.json (what `agenttest report` checks).",
+    )
+
+
 class AgentTestStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -791,6 +815,13 @@ class AgentTestStatus(ApiModel):
     packages: list[PackageRef] = Field(
         default_factory=list,
         description="A matrix test's packages, one per passing model.",
+    )
+    reports: Reports | None = Field(
+        default=None,
+        description=(
+            "The stored report and JUnit XML of a finished attempt that reported a result "
+            "(the Reported condition says why there are none)."
+        ),
     )
     source: SourceSnapshot | None = Field(
         default=None, description="The agent.py this attempt runs, snapshotted at launch."

@@ -86,7 +86,7 @@ def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None
         )
 
 
-def _custom_objects(namespace: str | None) -> tuple[Any, str]:
+def custom_objects(namespace: str | None) -> tuple[Any, str]:
     from kubernetes import client, config
 
     config.load_kube_config()  # type: ignore[no-untyped-call]
@@ -97,7 +97,7 @@ def _custom_objects(namespace: str | None) -> tuple[Any, str]:
 
 
 def _package(name: str, namespace: str | None) -> dict[str, Any]:
-    api, namespace = _custom_objects(namespace)
+    api, namespace = custom_objects(namespace)
     found: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, name)
     return dict(found)
 
@@ -106,7 +106,7 @@ def _vouched_package(name: str, namespace: str | None) -> dict[str, Any]:
     """The package, once its AgentTest's status vouches for it (else Unvouched)."""
     from kubernetes.client.exceptions import ApiException
 
-    api, namespace = _custom_objects(namespace)
+    api, namespace = custom_objects(namespace)
     package: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PACKAGE_PLURAL, name)
     test_name = (package.get("spec", {}).get("agentTestRef") or {}).get("name", "")
     try:

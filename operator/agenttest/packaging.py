@@ -4,7 +4,8 @@ A package holds the tested agent.py unchanged (the attempt's snapshot, sources.p
 FastAPI service around it, a requirements.txt pinned to the distributions the run had
 (the judge lists them in its signed result; the operator's own versions play no part),
 a Dockerfile, a CDK app that deploys the image to ECS Fargate, a
-README and a manifest.json with every file's SHA-256. Everything here is pure: the
+README, the test's report (report.json as the operator stored it, and junit.xml
+rendered from it) and a manifest.json with every file's SHA-256. Everything here is pure: the
 files are a function of a PackageInput and the templates in ``templates/package/``,
 and the zip is a function of the files, so a retried upload produces the same bytes
 and the same checksum. Uploading and the DeploymentPackage resource live elsewhere.
@@ -31,6 +32,7 @@ from typing import Any
 import jinja2
 
 from agenttest.runner.protocol import ENVIRONMENT_ENTRY_LIMIT, PIN
+from agenttest.runner.reports import JUNIT_FILE, REPORT_FILE, render_junit
 
 TEMPLATES_DIR_ENV = "AGENTTEST_TEMPLATES_DIR"
 # Where the templates are in a source checkout: <repo>/templates/package. An installed
@@ -40,6 +42,8 @@ REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "packag
 AGENT_FILE = "agent.py"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
+# Files the operator makes, which no template may replace.
+GENERATED_FILES = frozenset({AGENT_FILE, MANIFEST_FILE, REPORT_FILE, JUNIT_FILE})
 TEMPLATE_SUFFIX = ".j2"
 
 MAX_PACKAGE_BYTES = 50 * 1024 * 1024
@@ -121,6 +125,8 @@ class PackageInput:
     tested_at: str
     environment: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=installed_versions)
+    # The stored report.json (reporting.py), byte for byte; None: the test stored none.
+    report: bytes | None = None
 
     def __post_init__(self) -> None:
         # The CRD's schema already enforces most of this; checked again because a
@@ -280,10 +286,13 @@ def render(inp: PackageInput, templates: Path | None = None) -> dict[str, bytes]
             content = environment.get_template(relative).render(context).encode("utf-8")
         else:
             path, content = relative, source.read_bytes()
-        if path in (AGENT_FILE, MANIFEST_FILE):
+        if path in GENERATED_FILES:
             raise ValueError(f"template {relative} would replace the generated {path}")
         files[path] = content
 
+    if inp.report is not None:
+        files[REPORT_FILE] = inp.report
+        files[JUNIT_FILE] = render_junit(json.loads(inp.report)).encode("utf-8")
     files[MANIFEST_FILE] = manifest(inp, files)
     return files
 

@@ -6,11 +6,11 @@ uploads twice (an object with the same checksum is left alone) nor creates a
 second DeploymentPackage (the name derives from the test and its attempt).
 The operator uploads: the agent's own execution never holds S3 credentials.
 
-A failure is one of two kinds. `PublishRefused`: S3 or the API server said no
-in a way a retry cannot change (a 4xx other than throttling, a package that
-cannot be rendered, a name taken by another test); the test gets
-`Packaged=False` with the reason, once. Anything else (throttling, 5xx, a lost
-connection) is retried, each test's retries spaced by a growing backoff
+A failure is one of two kinds (s3objects, shared with the reports). `PublishRefused`:
+S3 or the API server said no in a way a retry cannot change (a 4xx other than
+throttling, a package that cannot be rendered, a name taken by another test); the
+test gets `Packaged=False` with the reason, once. Anything else (throttling, 5xx, a
+lost connection) is retried, each test's retries spaced by a growing backoff
 (`PublishDeferred` while it waits).
 
 What goes in is what was tested: agent.py is the attempt's snapshot read back from
@@ -22,10 +22,8 @@ distributions the judge listed where the agent ran.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -44,6 +42,8 @@ from agenttest.models import (
     NamedModel,
 )
 from agenttest.objects import owned_metadata, test_label
+from agenttest.reporting import ReportStore, ReportUnavailable
+from agenttest.s3objects import Backoff, PublishRefused, put_once
 from agenttest.sources import SnapshotStore, SourceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -56,71 +56,6 @@ class Published:
     sha256: str
     size: int
     model: str | None = None  # the matrix entry it was made for
-
-
-# Seconds before the first retry of a failed publish, doubled per failure up to the cap.
-RETRY_FIRST_SECONDS = 2.0
-RETRY_MAX_SECONDS = 300.0
-
-# S3 codes that mean "not now" although their status is a 4xx.
-S3_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "ExpiredToken",
-        "OperationAborted",
-    }
-)
-
-
-class PublishRefused(Exception):
-    """Publishing cannot succeed on retry: ``reason`` and ``message`` go into Packaged=False."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class PublishDeferred(Exception):
-    """A transient failure: the next try waits until ``retry_at``."""
-
-    def __init__(self, retry_at: datetime.datetime, cause: str) -> None:
-        super().__init__(f"next try at {conditions.stamp(retry_at)}: {cause}")
-        self.retry_at = retry_at
-        self.cause = cause
-
-
-def retry_delay(failures: int) -> float:
-    """Seconds to wait after the ``failures``-th transient failure in a row."""
-    return float(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, failures - 1)))
-
-
-def _s3_error(error: BaseException) -> tuple[int, str, str]:
-    """(HTTP status, code, message) of a botocore ClientError; (0, "", "") otherwise."""
-    response = getattr(error, "response", None)
-    if not isinstance(response, dict):
-        return 0, "", ""
-    details = response.get("Error") or {}
-    status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-    code = str(details.get("Code") or "")
-    if not status and code.isdigit():
-        status = int(code)
-    return status, code, str(details.get("Message") or "")
-
-
-def s3_refusal(error: BaseException, action: str) -> PublishRefused | None:
-    """A PublishRefused for an S3 answer no retry can change; None for a transient one."""
-    status, code, message = _s3_error(error)
-    if not 400 <= status < 500 or status == 429 or code in S3_TRANSIENT_CODES:
-        return None
-    return PublishRefused("UploadRefused", f"S3 refused to {action}: {code or status} {message}")
 
 
 def api_refusal(error: BaseException, what: str) -> PublishRefused | None:
@@ -155,7 +90,11 @@ def packaged_models(test: AgentTest) -> list[NamedModel | None]:
 
 
 def package_input(
-    test: AgentTest, source: str, tested_at: str, model: NamedModel | None = None
+    test: AgentTest,
+    source: str,
+    tested_at: str,
+    report: bytes | None = None,
+    model: NamedModel | None = None,
 ) -> packaging.PackageInput:
     spec_model = model or test.spec.primary_model
     cases = [case for case in test.status.cases if model is None or case.model == model.name]
@@ -172,6 +111,7 @@ def package_input(
         uid=test.uid,
         attempt=test.status.attempt,
         tested_at=tested_at,
+        report=report,
     )
 
 
@@ -228,14 +168,20 @@ def ready_status(built: Built, now: datetime.datetime) -> DeploymentPackageStatu
 
 class Publisher:
     def __init__(
-        self, bucket: str, prefix: str = "packages/", max_bytes: int = packaging.MAX_PACKAGE_BYTES
+        self,
+        bucket: str,
+        prefix: str = "packages/",
+        max_bytes: int = packaging.MAX_PACKAGE_BYTES,
+        reports: ReportStore | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.max_bytes = max_bytes
         self._s3: Any = None
-        # (uid, attempt) -> (transient failures in a row, not before): the backoff.
-        self._failures: dict[tuple[str, int], tuple[int, datetime.datetime]] = {}
+        # Per (uid, attempt): transient failures in a row and when to try again.
+        self.backoff = Backoff("publishing")
+        # Where the tests' reports are, to put them into their packages.
+        self.reports = reports
         # Each attempt's agent.py, kept at launch beside where its package goes.
         self.snapshots = SnapshotStore(bucket, prefix)
 
@@ -245,38 +191,14 @@ class Publisher:
         return self._s3
 
     def _upload(self, key: str, data: bytes, digest: str) -> None:
-        s3 = self._client()
-        try:
-            head = s3.head_object(Bucket=self.bucket, Key=key)
-        except Exception as error:
-            # Without s3:ListBucket on the whole bucket (the infrastructure grants it
-            # only under the prefix), S3 answers a missing key with 403, not 404.
-            if _s3_error(error)[1] not in ("404", "NoSuchKey", "403", "AccessDenied"):
-                raise
-        else:
-            if head.get("Metadata", {}).get("sha256") == digest:
-                return  # uploaded before (this operator restarted after the upload)
-        try:
-            s3.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType="application/zip",
-                ServerSideEncryption="AES256",
-                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                Metadata={"sha256": digest},
-            )
-        except Exception as error:
-            refusal = s3_refusal(error, f"store s3://{self.bucket}/{key}")
-            if refusal is not None:
-                raise refusal from error
-            raise
+        put_once(self._client(), self.bucket, key, data, digest, "application/zip")
 
     def build(
         self,
         test: AgentTest,
         source: str,
         now: datetime.datetime,
+        report: bytes | None = None,
         model: NamedModel | None = None,
     ) -> Built:
         """Render and zip the package of a passing test, or of one model of it (no I/O)."""
@@ -286,7 +208,7 @@ class Publisher:
         tested_at = (status.execution.started_at if status.execution else None) or (
             conditions.stamp(now)
         )
-        files = packaging.render(package_input(test, source, tested_at, model))
+        files = packaging.render(package_input(test, source, tested_at, report, model))
         data = packaging.build_zip(files)
         packaging.check_size(data, self.max_bytes)
         name = model.name if model is not None else None
@@ -319,13 +241,13 @@ class Publisher:
         PackageTooLarge and SourceUnavailable pass through (the caller names them).
         """
         attempt = (test.uid, test.status.attempt)
-        failures, not_before = self._failures.get(attempt, (0, now))
-        if now < not_before:
-            raise PublishDeferred(not_before, "waiting after an earlier failure")
+        self.backoff.wait(attempt, now)
         try:
             source = await self.tested_source(test)
+            report = await self.stored_report(test)
             published = [
-                await self._publish(test, source, now, model) for model in packaged_models(test)
+                await self._publish(test, source, report, now, model)
+                for model in packaged_models(test)
             ]
         except (
             PublishRefused,
@@ -333,29 +255,34 @@ class Publisher:
             packaging.NotReproducible,
             SourceUnavailable,
         ):
-            self._failures.pop(attempt, None)
+            self.backoff.forget(attempt)
             raise
         except Exception as error:
-            failures += 1
-            retry_at = now + datetime.timedelta(seconds=retry_delay(failures))
-            self._failures[attempt] = (failures, retry_at)
-            logger.warning(
-                "publishing %s/%s failed (%d in a row), next try at %s: %s",
-                test.namespace,
-                test.name,
-                failures,
-                conditions.stamp(retry_at),
-                error,
-            )
-            raise PublishDeferred(retry_at, str(error)) from error
-        self._failures.pop(attempt, None)
+            raise self.backoff.failed(
+                attempt, now, error, f"{test.namespace}/{test.name}"
+            ) from error
+        self.backoff.forget(attempt)
         return published
 
+    async def stored_report(self, test: AgentTest) -> bytes | None:
+        """The test's stored report.json, verified; None when it stored none."""
+        if self.reports is None or test.status.reports is None:
+            return None
+        try:
+            return await self.reports.read(test)
+        except ReportUnavailable as error:
+            raise PublishRefused("ReportUnavailable", str(error)) from error
+
     async def _publish(
-        self, test: AgentTest, source: str, now: datetime.datetime, model: NamedModel | None
+        self,
+        test: AgentTest,
+        source: str,
+        report: bytes | None,
+        now: datetime.datetime,
+        model: NamedModel | None,
     ) -> Published:
         try:
-            built = self.build(test, source, now, model)
+            built = self.build(test, source, now, report, model)
         except (packaging.PackageTooLarge, packaging.NotReproducible):
             raise
         except (ValueError, TypeError, OSError, jinja2.TemplateError) as error:

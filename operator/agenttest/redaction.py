@@ -14,6 +14,7 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from agenttest.models import AgentTestStatus, CaseResult, Condition
 
@@ -155,3 +156,19 @@ def status(written: AgentTestStatus, log_tail_bytes: int = 8192) -> AgentTestSta
             "conditions": [_condition(condition) for condition in written.conditions],
         }
     )
+
+
+# One string of a stored report (an answer, a reason): the judge already bounds the
+# report as a whole (runner/reports.py), this only keeps one string from being absurd.
+REPORT_STRING_BYTES = 256 * 1024
+
+
+def document(value: Any) -> Any:
+    """A JSON value with every string in it (keys too) cleaned and bounded."""
+    if isinstance(value, str):
+        return shown(value, REPORT_STRING_BYTES)
+    if isinstance(value, dict):
+        return {document(str(key)): document(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [document(item) for item in value]
+    return value

@@ -88,6 +88,10 @@ class Settings:
     # without a bucket, passing tests get a Packaged=False condition instead.
     package_bucket: str = ""
     package_prefix: str = "packages/"
+    # Where every finished test's report goes (report.json and junit.xml under
+    # reports/<namespace>/<name>/<uid>/<attempt>/); empty: the package bucket. With
+    # neither, tests get a Reported=False condition instead of status.reports.
+    results_bucket: str = ""
     # Packages over this size are refused (Packaged=False, PackageTooLarge).
     package_max_bytes: int = 50 * 1024 * 1024
     # S3 objects an AgentTest may name as spec.agent.source.s3: the operator reads

@@ -1,4 +1,4 @@
-"""Building the operator's runtime from its settings: executors, publisher, scheduler, key.
+"""Building the operator's runtime from its settings: executors, publisher, reports, key.
 
 Kept apart from the handlers so that they stay a list of decorators, and so
 that what runs where is read in one place.
@@ -11,6 +11,7 @@ from agenttest.backends.base import Executor
 from agenttest.controller import Runtime
 from agenttest.models import Backend
 from agenttest.publishing import Publisher
+from agenttest.reporting import ReportStore
 from agenttest.scheduling import Scheduler
 from agenttest.settings import Settings
 
@@ -42,10 +43,18 @@ def executors(settings: Settings) -> dict[Backend, Executor]:
     return built
 
 
-def publisher(settings: Settings) -> Publisher | None:
+def report_store(settings: Settings) -> ReportStore | None:
+    """Reports go to the results bucket, else the package bucket; with neither, nowhere."""
+    bucket = settings.results_bucket or settings.package_bucket
+    return ReportStore(bucket) if bucket else None
+
+
+def publisher(settings: Settings, reports: ReportStore | None = None) -> Publisher | None:
     if not settings.package_bucket:
         return None
-    return Publisher(settings.package_bucket, settings.package_prefix, settings.package_max_bytes)
+    return Publisher(
+        settings.package_bucket, settings.package_prefix, settings.package_max_bytes, reports
+    )
 
 
 async def runtime(settings: Settings) -> Runtime:
@@ -56,10 +65,12 @@ async def runtime(settings: Settings) -> Runtime:
     settings.price_table()  # the same for a bad AGENTTEST_MODEL_PRICES
     kubeapi.load_config()
     namespace = runkeys.operator_namespace(settings.operator_namespace)
+    reports = report_store(settings)
     return Runtime(
         settings=settings,
         executors=executors(settings),
         scheduler=Scheduler(limit=settings.max_running),
         signing_secret=await runkeys.load_master(namespace, settings.signing_secret),
-        publisher=publisher(settings),
+        publisher=publisher(settings, reports),
+        report_store=reports,
     )

@@ -246,7 +246,7 @@ def test_a_prefix_the_policy_refuses_ends_packaged_false_once(
     assert (packaged["status"], packaged["reason"]) == ("False", "SourceUnavailable"), packaged
     assert "elsewhere/" in packaged["message"]
     # Refused for good: tried once, not again at every step.
-    assert policed.count("PUT") == 1
+    assert policed.count("PUT", 403) == 1
     assert packages(kube) == []
 
 
@@ -264,7 +264,8 @@ def test_a_throttled_upload_is_retried_until_it_lands(
     packaged = condition(status, "Packaged")
     assert packaged is not None and packaged["status"] == "True", packaged
     assert policed.count("PUT", 503) == 7
-    assert policed.count("PUT", 200) == 2  # the agent.py kept at launch, then the package
+    # The agent.py kept at launch, the report's junit.xml and report.json, the package.
+    assert policed.count("PUT", 200) == 4
     assert [p["metadata"]["name"] for p in packages(kube)] == ["throttled-a1"]
 
 

@@ -447,13 +447,18 @@ def test_operator_role_is_least_privilege(synth: Synth) -> None:
     assert render(listing["Resource"]) == f"${{{bucket_id}.Arn}}"
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["packages/", "packages/*"]}}
 
-    # Every S3 grant is one of those two prefixes or the prefix-conditioned listing.
+    reports = only("s3:PutObject", "/reports/*")
+    assert sorted(as_list(reports["Action"])) == ["s3:GetObject", "s3:PutObject"]
+    assert render(reports["Resource"]) == f"${{{bucket_id}.Arn}}/reports/*"
+
+    # Every S3 grant is one of those prefixes or the prefix-conditioned listing.
     s3_resources = {
         str(render(s["Resource"])) for s in statements if as_list(s["Action"])[0].startswith("s3:")
     }
     assert s3_resources == {
         f"${{{bucket_id}.Arn}}/test-artifacts/configs/*",
         f"${{{bucket_id}.Arn}}/packages/*",
+        f"${{{bucket_id}.Arn}}/reports/*",
         f"${{{bucket_id}.Arn}}",
     }
 
@@ -577,7 +582,11 @@ def test_operator_role_follows_namespace_service_account_and_prefix() -> None:
         for s in synth.statements_of_role(role_id)
         if "s3:PutObject" in as_list(s["Action"])
     )
-    assert [r.rsplit("}", 1)[1] for r in resources] == ["/pkgs/*", "/test-artifacts/configs/*"]
+    assert [r.rsplit("}", 1)[1] for r in resources] == [
+        "/pkgs/*",
+        "/reports/*",
+        "/test-artifacts/configs/*",
+    ]
 
 
 def test_defaults_synthesize_with_a_placeholder_trust_and_a_warning(default_synth: Synth) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from agenttest.models import AgentTest
-from agenttest.publishing import PublishDeferred, Publisher
+from agenttest.publishing import Publisher
+from agenttest.s3objects import PublishDeferred
 from agenttest.sources import Snapshot
 from agenttest_dev.fargate import AwsEnvironment
 

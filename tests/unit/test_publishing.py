@@ -11,13 +11,8 @@ from kubernetes.client.exceptions import ApiException
 
 from agenttest import kubeapi, objects
 from agenttest.objects import TEST_LABEL, label_value
-from agenttest.publishing import (
-    RETRY_MAX_SECONDS,
-    api_refusal,
-    package_name,
-    retry_delay,
-    s3_refusal,
-)
+from agenttest.publishing import api_refusal, package_name
+from agenttest.s3objects import RETRY_MAX_SECONDS, retry_delay, s3_refusal
 
 # The API server's rules (k8s.io/apimachinery validation).
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

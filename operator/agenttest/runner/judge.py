@@ -62,6 +62,7 @@ from agenttest.runner.protocol import (
     verdict,
 )
 from agenttest.runner.relay import Budget, Relay
+from agenttest.runner.reports import document, emit_report, write_files
 from agenttest.runner.requirements import InstallFailed, environment, install_requirements
 from agenttest.runner.trials import Tally, failure_counts, percentile
 
@@ -441,7 +442,10 @@ class Run:
         with stop_on_term(spare):
             result = self._execute(spare)
         return dataclasses.replace(
-            result, source_sha256=self.source_sha256, environment=self.environment
+            result,
+            source_sha256=self.source_sha256,
+            environment=self.environment,
+            judge_tokens=self.judge_tokens,
         )
 
     def _list_environment(self, site: Path | None) -> None:
@@ -714,6 +718,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", help=f"JSON config file (default: ${CONFIG_ENV} text)")
     parser.add_argument("--workdir", help="where the judge works (default: cwd)")
+    parser.add_argument(
+        "--report-dir", help="also write report.json and junit.xml into this directory"
+    )
     return parser.parse_args(argv)
 
 
@@ -751,6 +758,19 @@ def take_run_key(environ: MutableMapping[str, str]) -> bytes | None:
     return parse_run_key(text) if text else None
 
 
+def with_report(out: Emitter, result: RunResult, document: Mapping[str, Any]) -> RunResult:
+    """Emit the report's lines; the result to print after them names the report.
+
+    A report that cannot be sent costs the run its report, never its result line.
+    """
+    try:
+        ref = emit_report(out, document)
+    except Exception as error:
+        out.log(f"no report sent: {type(error).__name__}: {error}")
+        return result
+    return dataclasses.replace(result, report=ref)
+
+
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     """Run the judge and return the exit code; prints a signed result line in every outcome."""
     environ = os.environ if environ is None else environ
@@ -763,7 +783,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         config = load_config(args.config, environ)
     except ConfigError as error:
         out.log(f"bad config: {error}")
-        out.result(failed_setup(f"bad config: {error}", total_cases=0))
+        failed = failed_setup(f"bad config: {error}", total_cases=0)
+        out.result(with_report(out, failed, document(failed, None)))
         return EXIT_BAD_CONFIG
 
     workdir = Path(args.workdir) if args.workdir else Path.cwd()
@@ -777,7 +798,13 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         result = failed_setup(reason, len(config.cases))
 
     out.log(result.summary + ("" if result.passed else f" - {result.reason}"))
-    out.result(result)
+    report = document(result, config, result.judge_tokens)
+    if args.report_dir:
+        try:
+            write_files(report, args.report_dir)
+        except OSError as error:
+            out.log(f"cannot write the report to {args.report_dir}: {error}")
+    out.result(with_report(out, result, report))
     if result.passed:
         return EXIT_PASSED
     return EXIT_TIMED_OUT if result.timed_out else EXIT_FAILED

@@ -280,6 +280,33 @@ class ModelOutcome:
 
 
 @dataclass(frozen=True)
+class ReportRef:
+    """Which report the result vouches for: the parts before it (runner/reports.py).
+
+    ``sha256`` is that of the report's uncompressed UTF-8 JSON; ``parts`` how many
+    signed report lines carry it. Travels in the result event as ``report``.
+    """
+
+    sha256: str
+    parts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "parts": self.parts}
+
+    @classmethod
+    def parse(cls, value: object) -> ReportRef:
+        """Raises ValueError for anything to_json never writes."""
+        if not isinstance(value, dict):
+            raise ValueError("report is not an object")
+        digest, parts = value.get("sha256"), value.get("parts")
+        if not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise ValueError("report.sha256 is not a SHA-256 in hex")
+        if not isinstance(parts, int) or isinstance(parts, bool) or not 1 <= parts <= 10_000:
+            raise ValueError("report.parts is not a count of parts")
+        return cls(digest, parts)
+
+
+@dataclass(frozen=True)
 class RunResult:
     passed: bool
     reason: str
@@ -293,6 +320,10 @@ class RunResult:
     environment: tuple[str, ...] = ()
     models: tuple[ModelOutcome, ...] = ()
     trials: int = 1  # per case
+    # The report emitted before the result (runner/reports.py.emit_report), if any.
+    report: ReportRef | None = None
+    # Tokens the judge model used scoring rubrics (for the report, not the result line).
+    judge_tokens: tuple[int, int] = (0, 0)
 
     @property
     def summary(self) -> str:
@@ -330,6 +361,8 @@ class RunResult:
                 event["models"] = [model.to_json() for model in self.models]
             if self.trials > 1:
                 event["trials"] = self.trials
+            if self.report is not None:
+                event["report"] = self.report.to_json()
             size = len(json.dumps(event, separators=(",", ":")))
             if size <= RESULT_LINE_LIMIT or (output_limit <= 40 and list_limit <= 2):
                 return event
@@ -352,6 +385,7 @@ class ResultEvent:
     source_sha256: str | None = None
     environment: tuple[str, ...] = ()
     models: tuple[dict[str, Any], ...] = ()
+    report: ReportRef | None = None
 
     @classmethod
     def parse(cls, event: dict[str, Any]) -> ResultEvent:
@@ -382,6 +416,7 @@ class ResultEvent:
         models = event.get("models", [])
         if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
             raise ValueError("models is not a list of objects")
+        report = event.get("report")
         return cls(
             passed=passed,
             reason=str(event.get("reason") or ""),
@@ -390,6 +425,7 @@ class ResultEvent:
             source_sha256=digest,
             environment=tuple(environment),
             models=tuple(models),
+            report=None if report is None else ReportRef.parse(report),
         )
 
 
