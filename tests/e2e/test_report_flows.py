@@ -197,3 +197,81 @@ def test_a_restarted_operator_stores_the_report_from_the_executions_output(
     data = s3_object(aws, status["reports"]["json"])
     assert hashlib.sha256(data).hexdigest() == status["reports"]["sha256"]
     assert json.loads(data)["cases"][0]["name"] == "greets"
+
+
+MATRIX_SCRIPT = [
+    {
+        "match": r"<Rubric>",
+        "structuredOutput": {"score": 0.8, "test_pass": True, "reason": "Names the capital."},
+    },
+    {
+        "match": r"capital of italy",
+        "models": ["steady"],
+        "reply": "Rome",
+    },
+    {
+        "match": r"capital of italy",
+        "correct": {"k": 2, "n": 3, "seed": 5},
+        "reply": "Rome",
+        "wrongReply": "Milan",
+    },
+]
+
+
+def test_the_report_of_a_matrix_with_trials_holds_every_trial_and_evaluator(
+    kube: Kube,
+    start_operator: Callable[..., Operator],
+    aws: AwsEnvironment,
+    tmp_path: Path,
+) -> None:
+    start_operator(extra_env=aws.env(), package_bucket=aws.bucket)
+    case = {
+        "name": "italy",
+        "query": "The capital of Italy?",
+        "expect": {"contains": ["Rome"], "judge": {"rubric": "Names the capital."}},
+    }
+    with ScriptedModelServer.from_script(MATRIX_SCRIPT) as model:
+        manifest = agent_test("matrix", SIMPLE_AGENT, model.url, cases=[case], trials=3)
+        del manifest["spec"]["model"]
+        manifest["spec"]["models"] = [
+            {"name": name, "provider": "ollama", "modelId": name, "endpoint": model.url}
+            for name in ("steady", "shaky")
+        ]
+        kube.apply(manifest)
+        status = kube.wait_for(
+            "the matrix's report",
+            lambda: (s := kube.get("matrix").get("status", {})).get("reports") and s,
+            120,
+        )
+    assert status["phase"] == "Failed"  # matrixPolicy all, and shaky passed 2 of 3
+    document = json.loads(s3_object(aws, status["reports"]["json"]))
+    assert [(m["name"], m["passed"]) for m in document["models"]] == [
+        ("steady", True),
+        ("shaky", False),
+    ]
+    steady, shaky = document["cases"]
+    assert (shaky["model"], shaky["passes"], shaky["trials"], shaky["flaky"]) == (
+        "shaky", 2, 3, True,
+    )  # fmt: skip
+    assert [run["passed"] for run in shaky["runs"]].count(True) == 2
+    for run in steady["runs"] + shaky["runs"]:
+        names = [evaluator["name"] for evaluator in run["evaluators"]]
+        assert names == ['contains "Rome"', "judge"]
+        judged = run["evaluators"][1]
+        assert (judged["score"], judged["reason"]) == (0.8, "Names the capital.")
+        assert run["evaluationSeconds"] >= 0 and run["tokens"]["output"] > 0
+    assert document["judgeModel"]["modelId"] == "steady"
+    assert document["judgeModel"]["tokens"]["input"] > 0
+
+    junit = junitparser.JUnitXml.fromstring(s3_object(aws, status["reports"]["junit"]).decode())
+    testcases = {(c.classname, c.name): c for suite in junit for c in suite}
+    assert sorted(testcases) == [("shaky", "italy"), ("steady", "italy")]
+    found = testcases[("shaky", "italy")].child(junitparser.Properties)
+    props = {prop.name: prop.value for prop in found}
+    assert (props["trials"], props["passes"], props["flaky"]) == ("3", "2", "true")
+    assert sum(props[f"trial.{n}"] == "pass" for n in (1, 2, 3)) == 2
+
+    table = report_command(kube, aws, "matrix")
+    assert table.returncode == 1, table.stderr
+    row = next(line for line in table.stdout.splitlines() if " shaky " in f" {line} ")
+    assert "2/3" in row
