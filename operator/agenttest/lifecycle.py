@@ -458,21 +458,30 @@ def packaged(
     packages: list[PackageRef] | None = None,
 ) -> AgentTestStatus:
     """Record the outcome of packaging a passing test (the Packaged condition, packageRef)."""
-    listed = conditions.set_condition(
-        status.conditions,
-        ConditionType.PACKAGED,
-        "True" if ok else "False",
-        reason,
-        message,
-        generation,
-        now,
-    )
-    update: dict[str, Any] = {"conditions": listed}
+    update: dict[str, Any] = {}
     if package is not None:
         update["package_ref"] = package
     if packages:
         update["packages"] = packages
-    return status.model_copy(update=update)
+    kind = ConditionType.PACKAGED
+    return _settled(status, kind, ok, reason, message, generation, now, update)
+
+
+def _settled(
+    status: AgentTestStatus,
+    kind: ConditionType,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+    update: dict[str, Any],
+) -> AgentTestStatus:
+    """A step after the verdict (packaging, reporting) done, or refused for good."""
+    listed = conditions.set_condition(
+        status.conditions, kind, "True" if ok else "False", reason, message, generation, now
+    )
+    return status.model_copy(update={**update, "conditions": listed})
 
 
 def wants_step(
@@ -574,19 +583,9 @@ def reported(
     stored: Reports | None = None,
 ) -> AgentTestStatus:
     """Record the outcome of storing a report (the Reported condition, status.reports)."""
-    listed = conditions.set_condition(
-        status.conditions,
-        ConditionType.REPORTED,
-        "True" if ok else "False",
-        reason,
-        message,
-        generation,
-        now,
-    )
-    update: dict[str, Any] = {"conditions": listed}
-    if stored is not None:
-        update["reports"] = stored
-    return status.model_copy(update=update)
+    update: dict[str, Any] = {} if stored is None else {"reports": stored}
+    kind = ConditionType.REPORTED
+    return _settled(status, kind, ok, reason, message, generation, now, update)
 
 
 # --------------------------------------------------------------------------
