@@ -1,28 +1,29 @@
 """Evaluation at scale: `python tests/bench/evaluation.py` prints JSON.
 
 One AgentTest's worth of work, 50 cases x 5 trials x 2 models (500 trials),
-run by the judge against the scripted model with a real Strands agent that
-calls a tool: the wall time of the whole run, and the evaluation overhead per
-trial, which is everything the judge does for a trial except wait for the
-agent's answer (opening and closing the gateway's record, the Strands Evals
-evaluators, the tally). The cases carry deterministic checks only (no LLM
+run by the judge (`python -m agenttest.runner`, as every backend starts it)
+against the scripted model with a real Strands agent that calls a tool: the
+wall time of the whole run, and the evaluation overhead per trial from the
+judge's report (`evaluationSeconds`): everything the judge does for a trial
+except wait for the agent's answer (opening and closing the gateway's record,
+the Strands Evals evaluators, the tally). `make bench` also times the same test
+as an AgentTest through the operator (run.py). The cases carry deterministic checks only (no LLM
 judge), which is what the target is about: p95 under 20 ms per trial.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from agenttest.runner.config import parse_config
-from agenttest.runner.judge import run
-from agenttest.runner.protocol import Emitter
+from agenttest.runner.protocol import RUN_KEY_ENV
 from agenttest_dev.modelserver import ScriptedModelServer
 
 CASES = 50
@@ -91,27 +92,56 @@ def config(endpoint: str) -> dict[str, Any]:
     }
 
 
+def agent_test(name: str, endpoint: str) -> dict[str, Any]:
+    """The same work as an AgentTest for the operator (local backend, no price table)."""
+    raw = config(endpoint)
+    for case in raw["cases"]:
+        case["expect"] = {k: v for k, v in case["expect"].items() if k != "maxCostUSD"}
+    return {
+        "apiVersion": "agenttest.dev/v1alpha1",
+        "kind": "AgentTest",
+        "metadata": {"name": name},
+        "spec": {
+            "agent": {"source": {"inline": AGENT}},
+            "models": raw["models"],
+            "cases": raw["cases"],
+            "trials": TRIALS,
+            "backend": "local",
+            "timeoutSeconds": 600,
+            "package": {"enabled": False},
+        },
+    }
+
+
 def _p95(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
 def measure_evaluation() -> dict[str, Any]:
+    """The judge as every backend starts it, a process of its own, writing its report."""
     with ScriptedModelServer.from_script(SCRIPT) as model, tempfile.TemporaryDirectory() as work:
-        parsed = parse_config(config(model.url))
+        config_file = Path(work, "config.json")
+        config_file.write_text(json.dumps(config(model.url)))
+        env = {"PATH": os.environ["PATH"], "HOME": work, RUN_KEY_ENV: "00" * 32}
         started = time.perf_counter()
-        result = run(parsed, Path(work), Emitter(io.StringIO(), b"k" * 32))
+        finished = subprocess.run(
+            [sys.executable, "-m", "agenttest.runner", "--config", str(config_file),
+             "--workdir", work, "--report-dir", work],
+            env=env, cwd=work, capture_output=True, timeout=900, check=False,
+        )  # fmt: skip
         elapsed = time.perf_counter() - started
-    if not result.passed:
-        raise RuntimeError(f"the benchmark's test did not pass: {result.reason}")
-    runs = [run for case in result.cases for run in case.runs]
-    overhead_ms = [run.evaluation_seconds * 1000 for run in runs]
-    answer = [run.latency_seconds for run in runs]
+        if finished.returncode != 0:
+            raise RuntimeError(f"the benchmark's test did not pass: {finished.stdout[-2000:]!r}")
+        report = json.loads(Path(work, "report.json").read_text())
+    runs = [run for case in report["cases"] for run in case["runs"]]
+    overhead_ms = [run["evaluationSeconds"] * 1000 for run in runs]
+    answer = [run["latencySeconds"] for run in runs]
     return {
         "evaluation": {
             "shape": f"{CASES} cases x {TRIALS} trials x {len(MODELS)} models",
             "trials": len(runs),
-            "test_seconds": round(elapsed, 2),
+            "judge_seconds": round(elapsed, 2),
             "answer_seconds_p50": round(statistics.median(answer), 4),
             "overhead_per_trial_ms": {
                 "p50": round(statistics.median(overhead_ms), 2),

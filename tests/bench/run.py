@@ -42,6 +42,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
+from evaluation import SCRIPT as EVALUATION_SCRIPT
+from evaluation import agent_test as evaluation_test
 from evaluation import measure_evaluation
 from gateway import gateway_latency
 from kubernetes import client, config, watch
@@ -199,6 +201,22 @@ def measure_log_tail(namespace: str, endpoint: str, recorder: Recorder) -> dict[
         create(namespace, manifest(name, ticking_agent(20, 0.25), endpoint))
         recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
     return {"log_tail_latency_seconds": percentiles(tick_delays(names, recorder))}
+
+
+def measure_evaluation_test(namespace: str, recorder: Recorder) -> dict[str, Any]:
+    """One AgentTest of 50 cases x 5 trials x 2 models: create -> Succeeded, via the operator."""
+    with ScriptedModelServer.from_script(EVALUATION_SCRIPT) as model:
+        started = time.time()
+        create(namespace, evaluation_test("evaluation", model.url))
+        recorder.wait_phase("evaluation", {"Succeeded", "Failed", "Error"}, timeout=900)
+        ended = next(
+            at
+            for at, obj in recorder.events["evaluation"]
+            if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Error")
+        )
+    if recorder.phase("evaluation") != "Succeeded":
+        raise RuntimeError(f"the evaluation test ended {recorder.phase('evaluation')}")
+    return {"evaluation_agenttest_seconds": round(ended - started, 1)}
 
 
 def measure_fargate(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict[str, Any]:
@@ -496,6 +514,7 @@ def main() -> int:
         try:
             record(results, measure_start_and_writes(namespace, work / "runs", model.url, recorder))
             record(results, measure_log_tail(namespace, model.url, recorder))
+            record(results, measure_evaluation_test(namespace, recorder))
         finally:
             recorder.stop()
             operator.stop()
