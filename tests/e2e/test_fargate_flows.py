@@ -17,6 +17,7 @@ from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 
 import forgeries
+from bigreport import assert_stored_whole, large_report_test
 from support import SIMPLE_AGENT, Kube, Operator, agent_test
 
 StartOperator = Callable[..., Operator]
@@ -294,3 +295,20 @@ def test_a_stopped_judge_ends_timed_out_with_no_operator_to_stop_it(
     start_fargate_operator()
     status = kube.wait_for_phase("stopper", "TimedOut", "Failed", "Succeeded", "Error")["status"]
     assert status["phase"] == "TimedOut", status.get("message")
+
+
+def test_a_report_of_many_parts_travels_through_cloudwatch_logs(
+    kube: Kube,
+    start_fargate_operator: Callable[..., Operator],
+    player: FargatePlayer,
+    model_server: ScriptedModelServer,
+    aws: AwsEnvironment,
+) -> None:
+    start_fargate_operator(package_bucket=aws.bucket)
+    kube.apply(large_report_test("big-report", model_server.url, "fargate"))
+    status = kube.wait_for(
+        "big-report to be reported",
+        lambda: (s := kube.get("big-report").get("status", {})).get("reports") and s,
+        240,
+    )
+    assert_stored_whole(status, aws)

@@ -22,6 +22,7 @@ from agenttest_dev.modelserver import DEFAULT_SCRIPT, ScriptedModelServer
 from agenttest_dev.node import FakeKubelet
 
 import forgeries
+from bigreport import assert_stored_whole, large_report_test
 from support import (
     MANIFESTS,
     SIMPLE_AGENT,
@@ -235,3 +236,21 @@ def test_agent_code_read_from_s3_reaches_the_pod_through_a_secret_only(
     assert config["agentSource"].startswith(marker)
     owner = secret["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("AgentTest", "from-s3")
+
+
+def test_a_report_of_many_parts_travels_through_pods_log(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    with AwsEnvironment() as aws:
+        start_operator(extra_env=aws.env(), package_bucket=aws.bucket)
+        kube.apply(large_report_test("big-report", model_server.url, "pod"))
+        status = kube.wait_for(
+            "big-report to be reported",
+            lambda: (s := kube.get("big-report").get("status", {})).get("reports") and s,
+            240,
+        )
+        assert_stored_whole(status, aws)
