@@ -149,8 +149,6 @@ def runner_config(
 def config_models(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every model a runner config names (the matrix and the judge's): what it may reach."""
     models = list(config.get("models") or [])
-    if config.get("model"):
-        models.append(config["model"])
     if config.get("judgeModel"):
         models.append(config["judgeModel"])
     return [dict(model) for model in models]

@@ -301,6 +301,11 @@ def _cost(label: str, seen: Observed, output: EvaluationOutput) -> str:
     return f"{label}: observed ${seen.cost_usd:.6f} for {seen.tokens} tokens"
 
 
+def _limit(field_name: str, limit: float) -> str:
+    """A limit as the failure names it: 0.01 for a cost, 1.0 for seconds, 3 for counts."""
+    return f"{limit:g}" if field_name == "maxCostUSD" else str(limit)
+
+
 def _took(label: str, seen: Observed, output: EvaluationOutput) -> str:
     return f"{label}: took {seen.latency_seconds:.2f}s"
 
@@ -384,37 +389,17 @@ def checks_for(
                 partial(_observed_sequence, label),
             )
         )
-    if expect.max_tool_calls is not None:
-        label = f"maxToolCalls {expect.max_tool_calls}"
-        add(
-            Check(
-                label,
-                AtMost("toolCalls", expect.max_tool_calls, label),
-                partial(_observed_calls, label),
-            )
-        )
-    if expect.max_tokens is not None:
-        label = f"maxTokens {expect.max_tokens}"
-        add(
-            Check(
-                label,
-                AtMost("tokens", expect.max_tokens, label),
-                partial(_observed_tokens, label),
-            )
-        )
-    if expect.max_cost_usd is not None:
-        label = f"maxCostUSD {expect.max_cost_usd:g}"
-        add(Check(label, AtMost("costUSD", expect.max_cost_usd, label), partial(_cost, label)))
-    if expect.max_latency_seconds is not None:
-        limit = expect.max_latency_seconds
-        label = f"maxLatencySeconds {limit}"
-        add(
-            Check(
-                label,
-                AtMost("latencySeconds", limit, label),
-                partial(_took, label),
-            )
-        )
+    # Budgets: (expectation, its limit, the observed figure it bounds, how a failure is said).
+    budgets = (
+        ("maxToolCalls", expect.max_tool_calls, "toolCalls", _observed_calls),
+        ("maxTokens", expect.max_tokens, "tokens", _observed_tokens),
+        ("maxCostUSD", expect.max_cost_usd, "costUSD", _cost),
+        ("maxLatencySeconds", expect.max_latency_seconds, "latencySeconds", _took),
+    )
+    for field_name, limit, observed, said in budgets:
+        if limit is not None:
+            label = f"{field_name} {_limit(field_name, limit)}"
+            add(Check(label, AtMost(observed, limit, label), partial(said, label)))
     if expect.judge is not None:
         add(judge_check(expect.judge, judge_model, judge_model_id))
     return checks

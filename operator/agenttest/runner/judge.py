@@ -510,15 +510,12 @@ class Run:
                     f"pass threshold {config.pass_threshold:g}"
                     + (f", matrix policy {config.matrix_policy}" if len(config.models) > 1 else "")
                 )
+            judge_id = config.judge_model.model_id if config.judge_model else ""
+            checks = [evaluation.checks_for(case.expect, judge, judge_id) for case in config.cases]
             for model, gateway in zip(config.models, model_gateways, strict=True):
-                for case in config.cases:
-                    checks = evaluation.checks_for(
-                        case.expect,
-                        judge,
-                        config.judge_model.model_id if config.judge_model else "",
-                    )
+                for case, case_checks in zip(config.cases, checks, strict=True):
                     outcome = self._run_case(
-                        case, model, host, gateway, judge_gateway, evaluation, checks
+                        case, model, host, gateway, judge_gateway, evaluation, case_checks
                     )
                     self.finished.append(outcome)
                     host.flush()

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from agenttest.runner.trials import matrix_passed
+
 MACHINE_PREFIX = "::agenttest:: "
 LOG_PREFIX = "[agenttest] "
 AGENT_PREFIX = "[agent] "
@@ -453,8 +455,7 @@ def verdict(
     """
     failed = [case for case in cases if not case.passed]
     if len(models) > 1:
-        verdicts = [model.passed for model in models]
-        passed = any(verdicts) if policy == "any" else all(verdicts)
+        passed = matrix_passed([model.passed for model in models], policy)
     else:
         passed = not failed
     result = RunResult(
