@@ -38,7 +38,7 @@ def test_wilson_interval_refuses_impossible_counts() -> None:
         wilson_interval(6, 5)
 
 
-def test_a_rate_reaches_its_threshold_despite_floating_point() -> None:
+def test_a_rate_at_its_threshold_passes_and_below_it_fails() -> None:
     assert reaches(7 / 10, 0.7) and reaches(1.0, 1.0) and not reaches(0.6, 0.61)
     assert Tally(7, 10, 0.7).passed and not Tally(6, 10, 0.7).passed
 

@@ -420,7 +420,7 @@ def judge_check(rubric: JudgeRubric, model: Any | None, model_id: str) -> Check:
         label,
         evaluator,
         failure,
-        passes=lambda score, judged_pass: score + 1e-9 >= threshold,
+        passes=lambda score, judged_pass: score >= threshold,
         judged=True,
     )
 

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Z_95 = 1.959963984540054  # the standard normal quantile of 0.975
-# A pass rate compared with a threshold: 0.7 of 10 trials is 7/10 = 0.7 exactly,
-# but floating point may put it a hair below.
-_EPSILON = 1e-9
 
 
 def wilson_interval(passes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -33,8 +30,12 @@ def wilson_interval(passes: int, trials: int, z: float = Z_95) -> tuple[float, f
 
 
 def reaches(rate: float, threshold: float) -> bool:
-    """Whether a pass rate meets the threshold (``rate >= threshold``, rounding aside)."""
-    return rate + _EPSILON >= threshold
+    """Whether a pass rate meets the threshold.
+
+    No tolerance is needed: passes / trials is the double nearest the exact
+    fraction, and so is a threshold written as that fraction (7/10 and 0.7).
+    """
+    return rate >= threshold
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
