@@ -38,6 +38,13 @@ MAX_LOG_READS_PER_STEP = 16
 STEP_ERROR_LIMIT = 3
 
 Indexed = Callable[[], Iterable[QueueEntry]]
+# Makes sure the test cannot vanish under an execution before one is launched
+# for it (the reconciler adds its finalizer); False: the test is going away.
+Hold = Callable[[], Awaitable[bool]]
+
+
+async def _always_held() -> bool:
+    return True
 
 
 @dataclass
@@ -122,11 +129,13 @@ class _Transitions:
         return status
 
 
-async def reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
+async def reconcile(
+    rt: Runtime, test: AgentTest, indexed: Indexed, hold: Hold = _always_held
+) -> Step:
     """One step; a step that keeps raising for the same execution ends the test in Error."""
     key = execution_key(test.uid, test.status)
     try:
-        step = await _reconcile(rt, test, indexed)
+        step = await _reconcile(rt, test, indexed, hold)
     except Exception as error:
         if faults.transient(error):
             raise  # the API server or AWS, for now: the next poll tries again
@@ -148,7 +157,7 @@ async def reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
     return step
 
 
-async def _reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
+async def _reconcile(rt: Runtime, test: AgentTest, indexed: Indexed, hold: Hold) -> Step:
     passed = _Transitions(test.status.phase)
     begun = lifecycle.begin(test, rt.settings.default_backend)
     if begun.stop_previous:
@@ -163,7 +172,7 @@ async def _reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
             )
         )
     elif begun.next == Next.LAUNCH:
-        status = passed(await _try_launch(rt, test.with_status(status), indexed))
+        status = passed(await _try_launch(rt, test.with_status(status), indexed, hold))
         if status.phase is not None and status.phase.active:
             status = passed(await _follow(rt, test.with_status(status)))
     elif begun.next == Next.FOLLOW:
@@ -171,7 +180,9 @@ async def _reconcile(rt: Runtime, test: AgentTest, indexed: Indexed) -> Step:
     return Step(lifecycle.with_conditions(status, test.generation, rt.clock()), passed.seen)
 
 
-async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTestStatus:
+async def _try_launch(
+    rt: Runtime, test: AgentTest, indexed: Indexed, hold: Hold
+) -> AgentTestStatus:
     status = test.status
     now = rt.clock()
     assert status.backend is not None  # set by lifecycle.admit
@@ -183,6 +194,14 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
     claim = await rt.scheduler.claim(test.uid, indexed, now)
     if not claim.taken:
         return lifecycle.queue_position(status, claim.position)
+    try:
+        held = await hold()
+    except Exception:
+        rt.scheduler.release(test.uid)
+        raise
+    if not held:
+        rt.scheduler.release(test.uid)  # it is being deleted: nothing may start for it
+        return status
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:

@@ -131,7 +131,14 @@ def crd(
     spec: type[BaseModel],
     status: type[BaseModel],
     columns: list[Schema],
+    initial_phase: str | None = None,
 ) -> Schema:
+    status_schema = schema_of(status)
+    if initial_phase is not None:
+        # The API server fills these in when it serves an object that has no status
+        # yet, so the first row of `kubectl get -w` shows the phase, not a blank.
+        status_schema["default"] = {}
+        status_schema["properties"]["phase"]["default"] = initial_phase
     root: Schema = {
         "type": "object",
         "description": description,
@@ -141,7 +148,7 @@ def crd(
             "kind": {"type": "string", "description": "Kind of the object."},
             "metadata": {"type": "object"},
             "spec": schema_of(spec),
-            "status": schema_of(status),
+            "status": status_schema,
         },
     }
     return {
@@ -192,6 +199,7 @@ def all_crds() -> dict[str, Schema]:
             spec=models.AgentTestSpec,
             status=models.AgentTestStatus,
             columns=AGENTTEST_COLUMNS,
+            initial_phase=models.Phase.PENDING.value,
         ),
         f"{models.GROUP}_{models.PACKAGE_PLURAL}.yaml": crd(
             kind="DeploymentPackage",

@@ -22,7 +22,7 @@ from agenttest.models import AGENTTEST_PLURAL, GROUP, PACKAGE_PLURAL, VERSION
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CONCURRENCY = 4
+CONCURRENCY = 8
 _pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="kubeapi")
 
 
@@ -81,10 +81,10 @@ def _custom_objects() -> Any:
     return client.CustomObjectsApi()
 
 
-async def _patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """A JSON merge patch of .status (None values remove keys)."""
+async def _patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> str:
+    """A JSON merge patch of .status (None values remove keys); the new resourceVersion."""
     api = _custom_objects()
-    await call(
+    patched = await call(
         api.patch_namespaced_custom_object_status,
         GROUP,
         VERSION,
@@ -93,10 +93,93 @@ async def _patch_status(plural: str, namespace: str, name: str, status: dict[str
         name,
         {"status": status},
     )
+    return str((patched.get("metadata") or {}).get("resourceVersion") or "")
 
 
-async def patch_agenttest_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    await _patch_status(AGENTTEST_PLURAL, namespace, name, status)
+async def patch_agenttest_status(namespace: str, name: str, status: dict[str, Any]) -> str:
+    return await _patch_status(AGENTTEST_PLURAL, namespace, name, status)
+
+
+async def get_agenttest(namespace: str, name: str) -> dict[str, Any]:
+    api = _custom_objects()
+    found = await call(
+        api.get_namespaced_custom_object, GROUP, VERSION, namespace, AGENTTEST_PLURAL, name
+    )
+    return dict(found)
+
+
+# JSON patches (RFC 6902) guarded by `test` operations: they apply to this very
+# object (its uid) with the finalizers as last read, or not at all (422), so a
+# finalizer someone else added or removed meanwhile is never clobbered.
+_FINALIZER_TRIES = 3
+
+
+async def _patch_finalizers(
+    namespace: str, name: str, uid: str, change: Callable[[list[str]], list[dict[str, Any]] | None]
+) -> bool:
+    """Apply `change(current finalizers)` as a guarded JSON patch; False when the test is gone."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = _custom_objects()
+    for _ in range(_FINALIZER_TRIES):
+        try:
+            current = await get_agenttest(namespace, name)
+        except Gone:
+            return False
+        meta = current.get("metadata") or {}
+        if str(meta.get("uid")) != uid:
+            return False  # deleted and created again under the same name
+        listed = [str(item) for item in meta.get("finalizers") or []]
+        operations = change(listed)
+        if operations is None:
+            return True  # nothing to do
+        guard: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        if listed:
+            guard.append({"op": "test", "path": "/metadata/finalizers", "value": listed})
+        try:
+            await call(
+                lambda: api.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    AGENTTEST_PLURAL,
+                    name,
+                    guard + operations,
+                    _content_type="application/json-patch+json",
+                )
+            )
+            return True
+        except Gone:
+            return False
+        except ApiException as error:
+            if error.status == 422 and "being deleted" in str(error.body).lower():
+                return False  # being deleted: no new finalizers
+            if error.status not in (409, 422):
+                raise
+        # A guard failed: someone changed the finalizers meanwhile; read them again.
+    raise RuntimeError(f"{namespace}/{name}: its finalizers kept changing under us")
+
+
+async def add_finalizer(namespace: str, name: str, uid: str, finalizer: str) -> bool:
+    """Add `finalizer` to the AgentTest; False when it is gone or being deleted."""
+
+    def change(listed: list[str]) -> list[dict[str, Any]] | None:
+        if finalizer in listed:
+            return None
+        if listed:
+            return [{"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
+        return [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+
+    return await _patch_finalizers(namespace, name, uid, change)
+
+
+async def remove_finalizer(namespace: str, name: str, uid: str, finalizer: str) -> None:
+    def change(listed: list[str]) -> list[dict[str, Any]] | None:
+        if finalizer not in listed:
+            return None
+        return [{"op": "remove", "path": f"/metadata/finalizers/{listed.index(finalizer)}"}]
+
+    await _patch_finalizers(namespace, name, uid, change)
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -1,21 +1,34 @@
-"""Which queued tests may start, and the slot accounting that keeps that true.
+"""Which queued tests may start, in which order, and the slot accounting that keeps that true.
 
 The queue is never stored. It is derived, on every decision, from the
-phase, priority and creation time of every AgentTest (`plan`, pure), so a
-restarted operator rebuilds it from the API server and never starts a test
-twice. `Scheduler` lays the phases this operator wrote last over the API
-server's view, which lags them by a watch event, and hands out slots through
-one explicit call, `claim`.
+phase, priority, namespace and creation time of every AgentTest (`plan`,
+pure), so a restarted operator rebuilds it from the API server and never
+starts a test twice.
+
+The order (`plan`): higher priority first; within a priority, the next slot
+goes to the namespace with the fewest running tests (counting the ones the
+order has already placed before it), then to the oldest test. One namespace
+with 500 queued tests therefore waits its turn beside another with one:
+they alternate. `namespace_limit` caps how many tests of one namespace hold
+a slot at once. Queue positions and the queue view follow this same order.
+
+`Scheduler` lays the phases this operator wrote last over the API server's
+view, which lags them by a watch event, and hands out slots through one
+explicit call, `claim`. It also remembers which positions were written when,
+so that `positions_due` writes a changed position at most once per interval
+per test, the first positions first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import heapq
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agenttest.lifecycle import parse_timestamp
+from agenttest.lifecycle import parse_timestamp, timestamp
 from agenttest.models import AgentTestStatus, Phase
 
 WAITING = frozenset({None, Phase.PENDING, Phase.QUEUED})
@@ -33,32 +46,98 @@ class QueueEntry:
     phase: Phase | None
     # An infrastructure retry waits here, keeping its place, until this time.
     not_before: datetime.datetime | None = None
+    # status.queuePosition as the API server has it.
+    position: int | None = None
 
     @property
-    def order(self) -> tuple[int, str, str, str]:
-        """Priority first (higher earlier), then creation order, then name for ties."""
-        return (-self.priority, self.created, self.namespace, self.name)
+    def age_key(self) -> tuple[str, str]:
+        return (self.created, self.name)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One test in the ordered queue."""
+
+    entry: QueueEntry
+    position: int  # 1-based: the order in which waiting tests get slots
+    startable: bool  # may take a slot now
+    reason: str  # why it waits, for people (the queue view)
 
 
 @dataclass(frozen=True)
 class QueuePlan:
     running: int
-    startable: frozenset[str]
-    positions: dict[str, int]  # uid -> 1-based place among waiting tests
+    limit: int
+    namespace_limit: int  # 0: none
+    running_by_namespace: dict[str, int]
+    order: tuple[Waiting, ...]
+
+    @property
+    def startable(self) -> frozenset[str]:
+        return frozenset(w.entry.uid for w in self.order if w.startable)
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """uid -> 1-based place among waiting tests."""
+        return {w.entry.uid: w.position for w in self.order}
 
 
-def plan(entries: Iterable[QueueEntry], limit: int, now: datetime.datetime) -> QueuePlan:
-    """Decide which waiting tests may start now without exceeding `limit`."""
+def fair_order(waiting: Iterable[QueueEntry], running: dict[str, int]) -> list[QueueEntry]:
+    """Priority first; within it, the namespace with the fewest running, then the oldest."""
+    by_priority: dict[int, dict[str, list[QueueEntry]]] = {}
+    for entry in waiting:
+        by_priority.setdefault(entry.priority, {}).setdefault(entry.namespace, []).append(entry)
+    counts = Counter(running)
+    order: list[QueueEntry] = []
+    for priority in sorted(by_priority, reverse=True):
+        lines = {
+            ns: deque(sorted(tests, key=lambda e: e.age_key))
+            for ns, tests in by_priority[priority].items()
+        }
+        heads = [(counts[ns], line[0].age_key, ns) for ns, line in lines.items()]
+        heapq.heapify(heads)
+        while heads:
+            _, _, namespace = heapq.heappop(heads)
+            line = lines[namespace]
+            order.append(line.popleft())
+            counts[namespace] += 1
+            if line:
+                heapq.heappush(heads, (counts[namespace], line[0].age_key, namespace))
+    return order
+
+
+def plan(
+    entries: Iterable[QueueEntry],
+    limit: int,
+    now: datetime.datetime,
+    namespace_limit: int = 0,
+) -> QueuePlan:
+    """The ordered queue, and which waiting tests may start now within both limits."""
     entries = list(entries)
-    running = sum(1 for entry in entries if entry.phase is not None and entry.phase.active)
-    waiting = sorted((e for e in entries if e.phase in WAITING), key=lambda e: e.order)
+    running_by_namespace = Counter(e.namespace for e in entries if e.phase and e.phase.active)
+    running = sum(running_by_namespace.values())
+    order = fair_order((e for e in entries if e.phase in WAITING), running_by_namespace)
     free = max(0, limit - running)
-    startable = [e.uid for e in waiting if e.not_before is None or e.not_before <= now][:free]
-    return QueuePlan(
-        running=running,
-        startable=frozenset(startable),
-        positions={entry.uid: place for place, entry in enumerate(waiting, start=1)},
-    )
+    taken = Counter(running_by_namespace)
+    rows = []
+    for position, entry in enumerate(order, start=1):
+        startable = False
+        if entry.not_before is not None and entry.not_before > now:
+            until = timestamp(entry.not_before)
+            reason = f"retrying after an infrastructure failure, not before {until}"
+        elif namespace_limit and taken[entry.namespace] >= namespace_limit:
+            reason = (
+                f"namespace {entry.namespace} is at its limit "
+                f"({running_by_namespace[entry.namespace]}/{namespace_limit} running)"
+            )
+        elif free <= 0:
+            reason = f"waiting for a slot ({running}/{limit} running)"
+        else:
+            startable, reason = True, "starting"
+            free -= 1
+            taken[entry.namespace] += 1
+        rows.append(Waiting(entry, position, startable, reason))
+    return QueuePlan(running, limit, namespace_limit, dict(running_by_namespace), tuple(rows))
 
 
 @dataclass(frozen=True)
@@ -67,6 +146,9 @@ class Claim:
 
     taken: bool
     position: int | None = None
+
+
+Indexed = Callable[[], Iterable[QueueEntry]]
 
 
 @dataclass
@@ -79,61 +161,138 @@ class Scheduler:
     """
 
     limit: int
+    namespace_limit: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _written: dict[str, tuple[Phase | None, datetime.datetime | None]] = field(default_factory=dict)
-    # Every queued test asks at each of its steps; with hundreds queued, one plan
-    # serves them all until a phase changes or it is PLAN_TTL old.
+    # Positions this operator wrote, and when: a test's position is written at most
+    # once per interval (positions_due), and what was written counts as written.
+    _positions: dict[str, tuple[int | None, datetime.datetime]] = field(default_factory=dict)
+    # The last plan, reused until a slot is taken or freed or it is PLAN_TTL old:
+    # with thousands queued, a plan per admitted test would cost a sort each.
     _plan: tuple[int, datetime.datetime, QueuePlan] | None = None
     _version: int = 0
+    # Tests admitted since the last plan, placed after it in arrival order.
+    _behind: dict[str, int] = field(default_factory=dict)
 
     PLAN_TTL = datetime.timedelta(seconds=0.25)
 
     def entries(self, indexed: Iterable[QueueEntry]) -> list[QueueEntry]:
         result = []
         for entry in indexed:
-            if entry.uid in self._written:
-                phase, not_before = self._written[entry.uid]
-                entry = replace(entry, phase=phase, not_before=not_before)
+            written = self._written.get(entry.uid)
+            if written is not None:
+                if (entry.phase, entry.not_before) == written:
+                    del self._written[entry.uid]  # the API server has caught up
+                else:
+                    entry = replace(entry, phase=written[0], not_before=written[1])
             result.append(entry)
         return result
 
-    def plan(
-        self, indexed: Callable[[], Iterable[QueueEntry]], now: datetime.datetime
-    ) -> QueuePlan:
+    def fresh_plan(self, indexed: Indexed, now: datetime.datetime) -> QueuePlan:
+        fresh = plan(self.entries(indexed()), self.limit, now, self.namespace_limit)
+        self._plan = (self._version, now, fresh)
+        self._behind.clear()
+        return fresh
+
+    def plan(self, indexed: Indexed, now: datetime.datetime) -> QueuePlan:
         if self._plan is not None:
             version, made, cached = self._plan
             if version == self._version and now - made < self.PLAN_TTL:
                 return cached
-        fresh = plan(self.entries(indexed()), self.limit, now)
-        self._plan = (self._version, now, fresh)
-        return fresh
+        return self.fresh_plan(indexed, now)
 
-    async def claim(
-        self, uid: str, indexed: Callable[[], Iterable[QueueEntry]], now: datetime.datetime
-    ) -> Claim:
+    async def claim(self, uid: str, indexed: Indexed, now: datetime.datetime) -> Claim:
         """Take a free slot for ``uid`` if the queue lets it start now.
 
         The slot is ours before the lock is released: a test that took one counts
         as running for every later plan, before anything is written.
         """
         async with self.lock:
+            if self._written.get(uid, (None, None))[0] == Phase.BUILDING:
+                # Claimed by an earlier step whose status did not get written: still ours.
+                return Claim(True)
             current = self.plan(indexed, now)
-            if uid not in current.startable:
-                return Claim(False, current.positions.get(uid))
-            self._remember(uid, Phase.BUILDING, None)
-            return Claim(True)
+            positions = current.positions
+            if uid not in positions and current.running < self.limit:
+                # New since the plan and a slot is free: who gets it must be decided fairly.
+                current = self.fresh_plan(indexed, now)
+                positions = current.positions
+            if uid in current.startable:
+                self._remember(uid, Phase.BUILDING, None, Phase.QUEUED)
+                return Claim(True)
+            if uid in positions:
+                return Claim(False, positions[uid])
+            # Admitted since the plan, with every slot taken: behind everyone in it.
+            position = self._behind.setdefault(uid, len(positions) + len(self._behind) + 1)
+            return Claim(False, position)
 
-    def record(self, uid: str, status: AgentTestStatus) -> None:
-        """The status just written for ``uid``: the view to lay over the index."""
-        self._remember(uid, status.phase, parse_timestamp(status.retry_after))
-
-    def forget(self, uid: str) -> None:
+    def release(self, uid: str) -> None:
+        """A claimed slot that was not used (the test went away before it was held)."""
         if self._written.pop(uid, None) is not None:
             self._version += 1
 
-    def _remember(
-        self, uid: str, phase: Phase | None, not_before: datetime.datetime | None
+    def record(
+        self, uid: str, old: AgentTestStatus, new: AgentTestStatus, now: datetime.datetime
     ) -> None:
-        if self._written.get(uid) != (phase, not_before):
-            self._written[uid] = (phase, not_before)
-            self._version += 1
+        """The status just written for ``uid`` over ``old``: the view to lay over the index."""
+        self._remember(uid, new.phase, parse_timestamp(new.retry_after), old.phase)
+        self.wrote_position(uid, new.queue_position, now)
+
+    def wrote_position(self, uid: str, position: int | None, now: datetime.datetime) -> None:
+        previous = self._positions.get(uid)
+        if previous is None or previous[0] != position:
+            self._positions[uid] = (position, now)
+
+    def forget(self, uid: str) -> None:
+        self._positions.pop(uid, None)
+        self._behind.pop(uid, None)
+        self._written.pop(uid, None)
+        self._version += 1  # it may have held a slot
+
+    def positions_due(
+        self, current: QueuePlan, now: datetime.datetime, interval: float, budget: int
+    ) -> tuple[list[tuple[QueueEntry, int]], float | None]:
+        """Positions to write now, first positions first, and seconds until the next is due.
+
+        A position is written when it differs from what the test shows, at most
+        once per ``interval`` per test and at most ``budget`` at a time.
+        """
+        due: list[tuple[QueueEntry, int]] = []
+        wait: float | None = None
+        every = datetime.timedelta(seconds=interval)
+        for row in current.order:
+            uid = row.entry.uid
+            written = self._positions.get(uid)
+            shown = written[0] if written is not None else row.entry.position
+            if shown == row.position:
+                continue
+            if written is not None and now - written[1] < every:
+                left = (written[1] + every - now).total_seconds()
+                wait = left if wait is None else min(wait, left)
+                continue
+            if len(due) >= budget:
+                wait = 0.0 if wait is None else min(wait, 1.0)
+                break
+            due.append((row.entry, row.position))
+        # What the API server shows now needs no memory; what was written long ago neither.
+        waiting = current.positions
+        for uid, (_, when) in list(self._positions.items()):
+            if uid not in waiting or now - when >= every:
+                del self._positions[uid]
+        return due, wait
+
+    def _remember(
+        self,
+        uid: str,
+        phase: Phase | None,
+        not_before: datetime.datetime | None,
+        was: Phase | None,
+    ) -> None:
+        previous = self._written.get(uid)
+        if previous == (phase, not_before):
+            return
+        if previous is not None:
+            was = previous[0]
+        self._written[uid] = (phase, not_before)
+        if (was is not None and was.active) != (phase is not None and phase.active):
+            self._version += 1  # a slot taken or freed: the cached plan is stale

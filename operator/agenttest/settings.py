@@ -29,6 +29,15 @@ def _default_state_dir() -> str:
 class Settings:
     # How many tests may hold an execution (Building or Running) at once.
     max_running: int = 10
+    # How many of them one namespace may hold; 0: no cap beyond max_running.
+    max_running_per_namespace: int = 0
+    # A queued test's status.queuePosition is rewritten when it changed, at most
+    # once per this many seconds per test, and at most this many tests per
+    # second, the first positions first (`agenttest queue` is always exact).
+    queue_position_interval: float = 5.0
+    queue_position_writes_per_second: int = 50
+    # Steps run at once (each waits on the API server or a backend, not the CPU).
+    workers: int = 16
     # Backend for tests whose spec.backend is empty.
     default_backend: Backend = Backend.FARGATE
     # The local backend runs untrusted agent code on the operator's host:

@@ -69,7 +69,9 @@ async def runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         executors=executors(settings),
-        scheduler=Scheduler(limit=settings.max_running),
+        scheduler=Scheduler(
+            limit=settings.max_running, namespace_limit=settings.max_running_per_namespace
+        ),
         signing_secret=await runkeys.load_master(namespace, settings.signing_secret),
         publisher=publisher(settings, reports),
         report_store=reports,

@@ -171,7 +171,9 @@ def test_cancel_stops_the_execution() -> None:
 def test_the_scheduler_overlays_what_was_written_on_the_lagging_index() -> None:
     scheduler = Scheduler(limit=1)
     waiting = QueueEntry("a", "ns", "a", 0, "2026-01-01T00:00:00Z", Phase.QUEUED)
-    scheduler.record("a", AgentTestStatus(phase=Phase.SUCCEEDED))
+    scheduler.record(
+        "a", AgentTestStatus(phase=Phase.QUEUED), AgentTestStatus(phase=Phase.SUCCEEDED), T0
+    )
     # The index still says Queued; what we wrote says it is done: not waiting.
     assert scheduler.plan(lambda: [waiting], T0).positions == {}
     scheduler.forget("a")
