@@ -69,9 +69,11 @@ class PodNetwork:
         return self
 
     def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+            listener.close()
         with self._lock:
             for connection in list(self._open):
                 with contextlib.suppress(OSError):
@@ -92,9 +94,10 @@ class PodNetwork:
             self._open.add(connection)
 
     def _accept(self) -> None:
-        while self._listener is not None:
+        listener = self._listener
+        while listener is not None and self._listener is listener:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
             self._track(client)
