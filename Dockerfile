@@ -46,7 +46,7 @@ ENV PATH=/opt/agenttest/bin:${PATH} \
     AGENTTEST_TEMPLATES_DIR=/opt/agenttest/templates/package
 WORKDIR /tmp
 USER 10001:10001
-# 8080: Prometheus metrics (AGENTTEST_METRICS_PORT);
+# 8080: the HTTP port, /metrics and /queue (AGENTTEST_METRICS_PORT);
 # 8081: kopf's liveness endpoint /healthz (AGENTTEST_HEALTH_PORT).
 EXPOSE 8080 8081
 ENTRYPOINT ["agenttest", "run"]

@@ -4,6 +4,7 @@ agenttest run [flags]      run the operator (flags override AGENTTEST_* variable
 agenttest crds [--check]   write or check the CRDs in crds/
 agenttest package download|url NAME   fetch a DeploymentPackage
 agenttest report NAME      print a finished test's report (exit 0 passed, 1 failed, 2 none)
+agenttest queue [-n NS|-A] the waiting tests, in order, and why they wait (asks the operator)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import logging
 import sys
 
-from agenttest import package_cli, report_cli
+from agenttest import package_cli, queue_cli, report_cli
 from agenttest.settings import Settings, activate
 
 
@@ -77,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("crds", help="generate the CRDs (python -m agenttest.crdgen)")
     package_cli.add_parser(sub)
     report_cli.add_parser(sub)
+    queue_cli.add_parser(sub)
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("package", "report"):
+    commands = {"package": package_cli.run, "report": report_cli.run, "queue": queue_cli.run}
+    if args.command in commands:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return package_cli.run(args) if args.command == "package" else report_cli.run(args)
+        return commands[args.command](args)
     if args.command == "run":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -92,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def kubectl_plugin() -> int:
-    """`kubectl agenttest download|url|report NAME`: kubectl finds `kubectl-agenttest` on PATH."""
+    """`kubectl agenttest download|url|report NAME`, `kubectl agenttest queue`.
+
+    kubectl finds `kubectl-agenttest` on PATH.
+    """
     args = sys.argv[1:]
-    if args[:1] == ["report"]:
+    if args[:1] in (["report"], ["queue"]):
         return main(args)
     return main(["package", *args])
 

@@ -35,6 +35,8 @@ def record_transition(old: AgentTestStatus, new: AgentTestStatus) -> None:
 
 
 def serve(port: int) -> None:
+    """prometheus_client's own server: superseded by httpserver.serve (one port, /metrics
+    and /queue); remove it once handlers.configure starts that instead."""
     try:
         start_http_server(port)
     except OSError as error:  # a busy port must not stop the operator

@@ -122,8 +122,13 @@ class Settings:
     # A model without a price has no cost, and its maxCostUSD checks fail.
     # Checked at start (price_table): a bad table stops the operator.
     model_prices: str = ""
-    # Prometheus metrics port; 0 turns the endpoint off.
+    # The operator's HTTP port (httpserver.py): Prometheus /metrics and the queue
+    # view /queue (`agenttest queue` reaches it through the API server's service
+    # proxy); 0 turns it off. The name is older than /queue.
     metrics_port: int = 8080
+    # The address that port listens on: every interface in a pod (the Service and
+    # Prometheus reach it at the pod's IP); 127.0.0.1 keeps it on this host.
+    http_host: str = "0.0.0.0"
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.
     health_port: int = 8081
 

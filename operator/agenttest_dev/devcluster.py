@@ -220,6 +220,10 @@ class Cluster:
     keep: bool = False
     api_port: int = 0
     token: str = field(default_factory=lambda: base64.b32encode(os.urandom(20)).decode().lower())
+    # More kube-apiserver flags (e.g. an --egress-selector-config-file for a test
+    # that plays the pod network), and the controllers kube-controller-manager runs.
+    apiserver_args: tuple[str, ...] = ()
+    controllers: tuple[str, ...] = ("garbagecollector", "namespace", "serviceaccount", "job")
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -348,6 +352,7 @@ class Cluster:
                 "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=0",
+                *self.apiserver_args,
             ],
         )
 
@@ -361,7 +366,7 @@ class Cluster:
                 str(self.binaries.kube_controller_manager),
                 f"--kubeconfig={self.kubeconfig}",
                 # job: the benchmark compares pod creation with the Job controller's.
-                "--controllers=garbagecollector,namespace,serviceaccount,job",
+                f"--controllers={','.join(self.controllers)}",
                 "--leader-elect=false",
                 "--secure-port=0",
                 "--v=0",

@@ -66,6 +66,7 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
         ("ClusterRole", "agenttest-operator"),
         ("ClusterRole", "agenttest-operator-cluster"),
+        ("ClusterRole", "agenttest-queue-viewer"),
         ("ClusterRole", "agenttest-tester"),
         ("ClusterRoleBinding", "agenttest-operator"),
         ("ClusterRoleBinding", "agenttest-operator-cluster"),
@@ -74,7 +75,7 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
         ("NetworkPolicy", "agenttest-runner"),
         ("Role", "agenttest-operator"),
         ("RoleBinding", "agenttest-operator"),
-        ("Service", "agenttest-operator-metrics"),
+        ("Service", "agenttest-operator"),
         ("ServiceAccount", SERVICE_ACCOUNT),
     ]
     for document in documents:
@@ -91,7 +92,7 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     assert env["AGENTTEST_ENABLE_LOCAL_BACKEND"] == "false"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {
-        "metrics": int(env["AGENTTEST_METRICS_PORT"]),
+        "http": int(env["AGENTTEST_METRICS_PORT"]),
         "health": int(env["AGENTTEST_HEALTH_PORT"]),
     }
     for probe in (container["livenessProbe"], container["readinessProbe"]):
@@ -107,7 +108,17 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
 
     service = find(documents, "Service")
     assert service["spec"]["selector"].items() <= pod_labels(deployment).items()
-    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # One named port, /metrics and /queue: the queue viewer's role names it.
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
+    viewer = find(documents, "ClusterRole", "agenttest-queue-viewer")["rules"]
+    assert viewer == [
+        {
+            "apiGroups": [""],
+            "resources": ["services/proxy"],
+            "resourceNames": [f"{service['metadata']['name']}:http"],
+            "verbs": ["get"],
+        }
+    ]
 
     for name in ("agenttest-operator", "agenttest-operator-cluster"):
         binding = find(documents, "ClusterRoleBinding", name)
