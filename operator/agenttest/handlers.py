@@ -1,7 +1,7 @@
 """The kopf handlers: decorators with bodies of a few lines.
 
-* `configure` sets kopf's own names, builds the runtime (`wiring`) and starts
-  the reconciler's workers (`reconciler`): steps, the queue, positions.
+* `configure` sets kopf's own names, builds the runtime (`wiring`) and the
+  reconciler, and serves /metrics and the queue view (`httpserver`).
 * `queue_index` keeps what the queue needs about every AgentTest; kopf fills
   it from the initial listing before any other handler runs, which is what
   lets a restarted operator rebuild its queue before it starts anything.
@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from agenttest import controller, kubeapi, metrics, reconciler, wiring
+from agenttest import controller, httpserver, kubeapi, reconciler, wiring
 from agenttest import settings as settings_module
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
 from agenttest.scheduling import QueueEntry
@@ -59,12 +59,16 @@ async def configure(
     settings.persistence.diffbase_storage = NoDiffBase(prefix=GROUP, key="diffbase")
     # Only our own Events (phase transitions) and kopf's warnings reach the resource.
     settings.posting.level = logging.WARNING
+    # kopf says "Handler 'observe' succeeded" for every watch event: thousands a minute.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     rt = memo["runtime"] = await wiring.runtime(config)
+    core = memo["reconciler"] = reconciler.Reconciler(rt, queue_index)
     if config.metrics_port:
-        metrics.serve(config.metrics_port)
-    memo["reconciler"] = reconciler.Reconciler(rt, queue_index)
+        memo["http"] = await httpserver.serve(
+            config.metrics_port, core.queue_document, host=config.http_host
+        )
     memo["sweeper"] = asyncio.create_task(_sweep_forever(rt, config.sweep_interval))
     logger.info(
         "agenttest operator ready: max %d running (%s per namespace), default backend %s, "
@@ -93,6 +97,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     core = memo.get("reconciler")
     if isinstance(core, reconciler.Reconciler):
         core.stop()
+    http = memo.get("http")
+    if isinstance(http, httpserver.HttpServer):
+        await http.stop()
 
 
 @kopf.index(GROUP, VERSION, AGENTTEST_PLURAL)

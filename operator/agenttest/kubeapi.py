@@ -137,6 +137,7 @@ async def _patch_finalizers(
         if listed:
             guard.append({"op": "test", "path": "/metadata/finalizers", "value": listed})
         try:
+            patch = guard + operations
             await call(
                 lambda: api.patch_namespaced_custom_object(
                     GROUP,
@@ -144,7 +145,7 @@ async def _patch_finalizers(
                     namespace,
                     AGENTTEST_PLURAL,
                     name,
-                    guard + operations,
+                    patch,  # noqa: B023  (called at once, within this iteration)
                     _content_type="application/json-patch+json",
                 )
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 
 from agenttest.lifecycle import parse_timestamp
 from agenttest.models import AgentTestStatus
@@ -32,12 +32,3 @@ def record_transition(old: AgentTestStatus, new: AgentTestStatus) -> None:
             EXECUTION_SECONDS.labels(phase=new.phase.value).observe(
                 (completed - started).total_seconds()
             )
-
-
-def serve(port: int) -> None:
-    """prometheus_client's own server: superseded by httpserver.serve (one port, /metrics
-    and /queue); remove it once handlers.configure starts that instead."""
-    try:
-        start_http_server(port)
-    except OSError as error:  # a busy port must not stop the operator
-        logger.warning("metrics endpoint not started on port %d: %s", port, error)

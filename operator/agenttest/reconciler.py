@@ -36,7 +36,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, kubeapi, lifecycle, metrics, redaction
+from agenttest import controller, kubeapi, lifecycle, metrics, queueview, redaction, scheduling
 from agenttest.models import (
     GROUP,
     MAX_TTL_SECONDS,
@@ -188,9 +188,33 @@ class Reconciler:
         elif phase is not None and phase.active and not self.queue.busy(uid):
             self.bodies[uid] = copy
             self.queue.add(uid)  # holds an execution but nothing looks at it
-        if first and phase in (None, Phase.PENDING, Phase.QUEUED):
+        if first and phase == Phase.QUEUED:
+            # The operator started: a queued test may start now if a slot is free
+            # (dispatch), or when its retry backoff runs out.
             self.dispatch_wanted.set()
             self.positions_wanted.set()
+            retry_at = lifecycle.parse_timestamp(status.get("retryAfter"))
+            if retry_at is not None:
+                self.queue.add_after(uid, (retry_at - self.rt.clock()).total_seconds())
+
+    def queue_document(self) -> dict[str, Any]:
+        """The exact queue now, for `GET /queue` (`agenttest queue`)."""
+        scheduler, now = self.rt.scheduler, self.rt.clock()
+        current = scheduling.plan(
+            scheduler.entries(self.entries()), scheduler.limit, now, scheduler.namespace_limit
+        )
+        rows = [
+            queueview.QueueRow(
+                namespace=row.entry.namespace,
+                name=row.entry.name,
+                priority=row.entry.priority,
+                position=row.position,
+                waiting_since=row.entry.created,
+                reason=row.reason,
+            )
+            for row in current.order
+        ]
+        return queueview.to_json(rows, current.running, current.limit, now)
 
     def forget(self, uid: str) -> None:
         self.queue.forget(uid)
@@ -263,19 +287,18 @@ class Reconciler:
         phase = status.phase
         now = rt.clock()
         if phase is not None and phase.active:
-            self.held[uid] = body
+            self.held.setdefault(uid, body)  # an event during the step brought a newer one
             self.queue.add_after(uid, rt.settings.poll_interval)
             return
-        self.dispatch_wanted.set()  # whatever it held is free now
         if phase is None or not phase.finished:
             self.held.pop(uid, None)
             retry_at = lifecycle.parse_timestamp(status.retry_after)
-            if retry_at is not None:
+            if retry_at is not None and retry_at > now:
                 self.queue.add_after(uid, (retry_at - now).total_seconds())
             return
         enabled = bool((body.get("spec") or {}).get("package", {}).get("enabled", True))
         if lifecycle.needs_package(status, enabled) or lifecycle.needs_report(status):
-            self.held[uid] = body  # the publisher backs off between its own tries
+            self.held.setdefault(uid, body)  # the publisher backs off between its own tries
             self.queue.add_after(uid, rt.settings.poll_interval)
             return
         self.held.pop(uid, None)
@@ -378,6 +401,8 @@ class Reconciler:
             version = await kubeapi.patch_agenttest_status(namespace, name, changes)
         self.written[uid] = Written(version, new)
         rt.scheduler.record(uid, old, new, rt.clock())
+        if old.phase is not None and old.phase.active and not (new.phase and new.phase.active):
+            self.dispatch_wanted.set()  # a slot freed: the next test starts now
         metrics.STATUS_WRITES.inc()
         if new.phase != old.phase:
             metrics.record_transition(old, new)
@@ -436,7 +461,8 @@ class Reconciler:
             await self.dispatch_wanted.wait()
             self.dispatch_wanted.clear()
             try:
-                current = self.rt.scheduler.fresh_plan(self.entries, self.rt.clock())
+                # The cached plan unless a slot was taken or freed since (its version).
+                current = self.rt.scheduler.plan(self.entries, self.rt.clock())
             except Exception:
                 logger.exception("planning the queue failed")
                 continue

@@ -28,7 +28,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from agenttest.lifecycle import parse_timestamp, timestamp
+from agenttest import queueview
+from agenttest.lifecycle import parse_timestamp
 from agenttest.models import AgentTestStatus, Phase
 
 WAITING = frozenset({None, Phase.PENDING, Phase.QUEUED})
@@ -123,17 +124,13 @@ def plan(
     for position, entry in enumerate(order, start=1):
         startable = False
         if entry.not_before is not None and entry.not_before > now:
-            until = timestamp(entry.not_before)
-            reason = f"retrying after an infrastructure failure, not before {until}"
+            reason = queueview.retry_backoff(entry.not_before)
         elif namespace_limit and taken[entry.namespace] >= namespace_limit:
-            reason = (
-                f"namespace {entry.namespace} is at its limit "
-                f"({running_by_namespace[entry.namespace]}/{namespace_limit} running)"
-            )
+            reason = queueview.namespace_cap(running_by_namespace[entry.namespace], namespace_limit)
         elif free <= 0:
-            reason = f"waiting for a slot ({running}/{limit} running)"
+            reason = queueview.no_free_slot(running, limit)
         else:
-            startable, reason = True, "starting"
+            startable, reason = True, queueview.NEXT_TO_START
             free -= 1
             taken[entry.namespace] += 1
         rows.append(Waiting(entry, position, startable, reason))

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import datetime
-
 import asyncio
+import datetime
 
 from agenttest.models import AgentTestStatus, Phase
 from agenttest.scheduling import QueueEntry, Scheduler, plan
@@ -112,7 +111,7 @@ def test_a_namespace_cap_holds_its_tests_and_says_why() -> None:
     assert result.startable == {"o1"}
     [capped] = [w for w in result.order if w.entry.name == "c1"]
     assert not capped.startable
-    assert capped.reason == "namespace capped is at its limit (2/2 running)"
+    assert capped.reason == "namespace cap (2/2 running in namespace)"
 
 
 def test_why_a_test_waits_is_said() -> None:
@@ -125,10 +124,9 @@ def test_why_a_test_waits_is_said() -> None:
     ]
     reasons = {w.entry.name: w.reason for w in plan(entries, limit=2, now=NOW).order}
     assert reasons == {
-        "backing-off": "retrying after an infrastructure failure, not before "
-        "2026-01-01T00:00:30Z",
-        "next": "starting",
-        "last": "waiting for a slot (1/2 running)",
+        "backing-off": "retry backoff until 2026-01-01T00:00:30Z",
+        "next": "next to start",
+        "last": "no free slot (1/2 running)",
     }
 
 
