@@ -36,7 +36,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, kubeapi, lifecycle, metrics, queueview, redaction, scheduling
+from agenttest import controller, kubeapi, lifecycle, metrics, queueview, redaction
 from agenttest.models import (
     GROUP,
     MAX_TTL_SECONDS,
@@ -199,10 +199,8 @@ class Reconciler:
 
     def queue_document(self) -> dict[str, Any]:
         """The exact queue now, for `GET /queue` (`agenttest queue`)."""
-        scheduler, now = self.rt.scheduler, self.rt.clock()
-        current = scheduling.plan(
-            scheduler.entries(self.entries()), scheduler.limit, now, scheduler.namespace_limit
-        )
+        now = self.rt.clock()
+        current = self.rt.scheduler.view(self.entries, now)
         rows = [
             queueview.QueueRow(
                 namespace=row.entry.namespace,

@@ -7,10 +7,12 @@ starts a test twice.
 
 The order (`plan`): higher priority first; within a priority, the next slot
 goes to the namespace with the fewest running tests (counting the ones the
-order has already placed before it), then to the oldest test. One namespace
-with 500 queued tests therefore waits its turn beside another with one:
-they alternate. `namespace_limit` caps how many tests of one namespace hold
-a slot at once. Queue positions and the queue view follow this same order.
+order has already placed before it); between namespaces running as many, to
+the one that started a test least recently; then to the oldest test. One
+namespace with 500 queued tests therefore takes turns with another with one,
+even with a single slot (where both run none whenever it frees).
+`namespace_limit` caps how many tests of one namespace hold a slot at once.
+Queue positions and the queue view follow this same order.
 
 `Scheduler` lays the phases this operator wrote last over the API server's
 view, which lags them by a watch event, and hands out slots through one
@@ -25,7 +27,7 @@ import asyncio
 import datetime
 import heapq
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from agenttest import queueview
@@ -83,27 +85,35 @@ class QueuePlan:
         return {w.entry.uid: w.position for w in self.order}
 
 
-def fair_order(waiting: Iterable[QueueEntry], running: dict[str, int]) -> list[QueueEntry]:
-    """Priority first; within it, the namespace with the fewest running, then the oldest."""
+def fair_order(
+    waiting: Iterable[QueueEntry], running: Mapping[str, int], served: Mapping[str, int]
+) -> list[QueueEntry]:
+    """Priority first; within it, the namespace with the fewest running, then the one
+    served least recently (``served``: namespace -> sequence number of its last
+    start, higher is later), then the oldest test."""
     by_priority: dict[int, dict[str, list[QueueEntry]]] = {}
     for entry in waiting:
         by_priority.setdefault(entry.priority, {}).setdefault(entry.namespace, []).append(entry)
     counts = Counter(running)
+    last = dict(served)
+    turn = max(last.values(), default=0)
     order: list[QueueEntry] = []
     for priority in sorted(by_priority, reverse=True):
         lines = {
             ns: deque(sorted(tests, key=lambda e: e.age_key))
             for ns, tests in by_priority[priority].items()
         }
-        heads = [(counts[ns], line[0].age_key, ns) for ns, line in lines.items()]
+        heads = [(counts[ns], last.get(ns, -1), line[0].age_key, ns) for ns, line in lines.items()]
         heapq.heapify(heads)
         while heads:
-            _, _, namespace = heapq.heappop(heads)
+            *_, namespace = heapq.heappop(heads)
             line = lines[namespace]
             order.append(line.popleft())
             counts[namespace] += 1
+            turn += 1
+            last[namespace] = turn
             if line:
-                heapq.heappush(heads, (counts[namespace], line[0].age_key, namespace))
+                heapq.heappush(heads, (counts[namespace], turn, line[0].age_key, namespace))
     return order
 
 
@@ -112,12 +122,14 @@ def plan(
     limit: int,
     now: datetime.datetime,
     namespace_limit: int = 0,
+    served: Mapping[str, int] | None = None,
 ) -> QueuePlan:
     """The ordered queue, and which waiting tests may start now within both limits."""
     entries = list(entries)
     running_by_namespace = Counter(e.namespace for e in entries if e.phase and e.phase.active)
     running = sum(running_by_namespace.values())
-    order = fair_order((e for e in entries if e.phase in WAITING), running_by_namespace)
+    waiting = (e for e in entries if e.phase in WAITING)
+    order = fair_order(waiting, running_by_namespace, served or {})
     free = max(0, limit - running)
     taken = Counter(running_by_namespace)
     rows = []
@@ -170,6 +182,9 @@ class Scheduler:
     _version: int = 0
     # Tests admitted since the last plan, placed after it in arrival order.
     _behind: dict[str, int] = field(default_factory=dict)
+    # namespace -> the number of the claim that last started one of its tests.
+    _served: dict[str, int] = field(default_factory=dict)
+    _claims: int = 0
 
     PLAN_TTL = datetime.timedelta(seconds=0.25)
 
@@ -185,8 +200,12 @@ class Scheduler:
             result.append(entry)
         return result
 
+    def view(self, indexed: Indexed, now: datetime.datetime) -> QueuePlan:
+        """The exact queue now, for people; changes nothing a claim relies on."""
+        return plan(self.entries(indexed()), self.limit, now, self.namespace_limit, self._served)
+
     def fresh_plan(self, indexed: Indexed, now: datetime.datetime) -> QueuePlan:
-        fresh = plan(self.entries(indexed()), self.limit, now, self.namespace_limit)
+        fresh = self.view(indexed, now)
         self._plan = (self._version, now, fresh)
         self._behind.clear()
         return fresh
@@ -216,6 +235,9 @@ class Scheduler:
                 positions = current.positions
             if uid in current.startable:
                 self._remember(uid, Phase.BUILDING, None, Phase.QUEUED)
+                self._claims += 1
+                namespace = next(w.entry.namespace for w in current.order if w.entry.uid == uid)
+                self._served[namespace] = self._claims
                 return Claim(True)
             if uid in positions:
                 return Claim(False, positions[uid])

@@ -330,6 +330,151 @@ def measure_memory(
         operator.stop()
 
 
+def create_many(namespace: str, bodies: list[dict[str, Any]], threads: int = 8) -> float:
+    """Create every body, `threads` at a time as a CI pipeline would; the time of the last."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda body: create(namespace, body), bodies))
+    return time.monotonic()
+
+
+def measure_queue_at_scale(
+    cluster: devcluster.Cluster, work: Path, endpoint: str, count: int = 5000
+) -> dict[str, Any]:
+    """`count` AgentTests, all queued (limit 0): memory, idle CPU, time to a position, writes.
+
+    The tests go to three namespaces, a third each, as teams would share an
+    operator; one operator watches them all.
+    """
+    namespaces = [f"bench-scale-{i}" for i in range(3)]
+    for namespace in namespaces:
+        cluster.kubectl("create", "namespace", namespace)
+    operator = Operator(
+        cluster,
+        ",".join(namespaces),
+        work / "runs-scale",
+        work / "operator-scale.log",
+        max_running=0,
+        operator_namespace=namespaces[0],
+    ).start()
+    assert operator.process is not None
+    pid = operator.process.pid
+    recorders = [Recorder(namespace) for namespace in namespaces]
+    try:
+        bodies: dict[str, list[dict[str, Any]]] = {namespace: [] for namespace in namespaces}
+        for i in range(count):
+            namespace = namespaces[i % len(namespaces)]
+            bodies[namespace].append(manifest(f"q-{i:04d}", SIMPLE_AGENT, endpoint))
+        began = time.monotonic()
+        threads = [
+            threading.Thread(target=create_many, args=(namespace, bodies[namespace], 3))
+            for namespace in namespaces
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        last_create = time.monotonic()
+
+        def unpositioned() -> int:
+            missing = 0
+            for recorder in recorders:
+                with recorder.lock:
+                    for seen in recorder.events.values():
+                        status = seen[-1][1].get("status") or {}
+                        if status.get("phase") != "Queued" or not status.get("queuePosition"):
+                            missing += 1
+            return missing
+
+        while unpositioned():
+            if time.monotonic() - last_create > 900:
+                raise RuntimeError(f"{unpositioned()} tests never showed a queue position")
+            time.sleep(0.5)
+        all_queued = time.monotonic()
+        time.sleep(5)  # the last position writes and their echoes settle
+        cpu_before, steady, idle_from = cpu_seconds(pid), time.monotonic(), time.time()
+        time.sleep(30)
+        cpu_share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - steady)
+        writes_during_idle = 0
+        writes = []
+        for recorder in recorders:
+            with recorder.lock:
+                for seen in recorder.events.values():
+                    versions = {obj["metadata"]["resourceVersion"] for _, obj in seen}
+                    writes.append(len(versions))
+                    writes_during_idle += sum(1 for at, _ in seen if at >= idle_from)
+        busy = all_queued - began
+        return {
+            f"queue_with_{count}_tests": {
+                "peak_rss_mb": round(proc_status(pid, "VmHWM") / 1024, 1),
+                "rss_mb": round(proc_status(pid, "VmRSS") / 1024, 1),
+                "idle_cpu_cores": round(cpu_share, 4),
+                "create_seconds": round(last_create - began, 1),
+                "all_queued_after_last_create_seconds": round(all_queued - last_create, 1),
+                "api_writes_per_test": {
+                    "mean": round(statistics.fmean(writes), 2),
+                    "max": max(writes),
+                    "note": "create included",
+                },
+                "writes_per_second_while_creating": round(sum(writes) / busy, 1),
+                "writes_while_idle": writes_during_idle,
+                "targets": {
+                    "peak_rss_mb": 150,
+                    "idle_cpu_cores": 0.05,
+                    "all_queued_after_last_create_seconds": 60,
+                },
+            }
+        }
+    finally:
+        for recorder in recorders:
+            recorder.stop()
+        operator.stop()
+
+
+def measure_admissions(
+    cluster: devcluster.Cluster, work: Path, endpoint: str, count: int = 1000
+) -> dict[str, Any]:
+    """`count` pod-backend tests present when the operator starts with room for all of them.
+
+    No node is registered, so the pods stay Pending: the figure is the
+    operator's and the API server's alone.
+    """
+    namespace = "bench-admissions"
+    cluster.kubectl("create", "namespace", namespace)
+    bodies = [manifest(f"adm-{i:04d}", SIMPLE_AGENT, endpoint, backend="pod") for i in range(count)]
+    create_many(namespace, bodies)
+    pods = PodWatch(namespace)
+    operator = Operator(
+        cluster, namespace, work / "runs-admit", work / "operator-admit.log", max_running=count
+    )
+    try:
+        started = time.time()
+        operator.start()
+        first = pods.wait(lambda name: True, timeout=120)
+        deadline = time.monotonic() + 600
+        while True:
+            with pods.lock:
+                seen = sorted(pods.first_seen.values())
+            if len(seen) >= count:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(seen)} of {count} pods appeared")
+            time.sleep(0.2)
+        last = seen[count - 1]
+        return {
+            f"admissions_of_{count}": {
+                "operator_start_to_first_pod_seconds": round(first - started, 2),
+                "operator_start_to_all_pods_seconds": round(last - started, 2),
+                "pods_per_second": round((count - 1) / (last - first), 1),
+                "targets": {"pods_per_second": 40, "first_pod_seconds": 5},
+            }
+        }
+    finally:
+        pods.stop()
+        operator.stop()
+
+
 def measure_packaging(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict[str, Any]:
     """Succeeded (first watch event showing it) -> its DeploymentPackage shows Ready."""
     namespace = "bench-packaging"

@@ -206,3 +206,29 @@ def test_a_finished_write_frees_the_slot_for_the_next_plan() -> None:
     )
     # Within the plan's lifetime, but a slot freed: the plan is made again.
     assert scheduler.plan(lambda: index, NOW).startable == {"b"}
+
+
+def test_with_one_slot_namespaces_take_turns() -> None:
+    # Whenever the single slot frees, both namespaces run nothing: the one that
+    # started a test least recently goes first, or the crowd would always win
+    # on age alone.
+    crowd = [entry(f"a{i}", second=i, namespace="crowded") for i in range(1, 5)]
+    quiet = entry("b", second=30, namespace="quiet")
+    result = plan([*crowd, quiet], limit=1, now=NOW, served={"crowded": 7})
+    assert result.startable == {"b"}
+    assert [w.entry.name for w in result.order] == ["b", "a1", "a2", "a3", "a4"]
+
+
+def test_claims_remember_which_namespace_was_served() -> None:
+    scheduler = Scheduler(limit=1)
+    index = [entry("a1", namespace="crowded"), entry("a2", second=1, namespace="crowded")]
+
+    async def scenario() -> list[str]:
+        assert (await scheduler.claim("a1", lambda: index, NOW)).taken
+        scheduler.record(
+            "a1", AgentTestStatus(phase=Phase.BUILDING), AgentTestStatus(phase=Phase.SUCCEEDED), NOW
+        )
+        later = [*index[1:], entry("b", second=9, namespace="quiet")]
+        return [w.entry.name for w in scheduler.view(lambda: later, NOW).order]
+
+    assert asyncio.run(scenario()) == ["b", "a2"]
