@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import sys
 
-from agenttest import package_cli, report_cli
+from agenttest import leadership, package_cli, report_cli
 from agenttest.settings import Settings, activate
 
 
@@ -56,15 +56,26 @@ def run(args: argparse.Namespace) -> int:
     import agenttest.handlers  # noqa: F401  (registers the handlers)
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(
-        kopf.operator(
+
+    async def operate() -> None:
+        await kopf.operator(
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=liveness,
             memo=kopf.Memo(settings=settings),
         )
-    )
+
+    if not settings.leader_election:
+        asyncio.run(operate())
+        return 0
+    try:
+        leadership.Election.from_settings(settings)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # kopf starts (watches, handlers, timers) only once this replica holds the Lease.
+    asyncio.run(leadership.run_as_leader(settings, operate, liveness))
     return 0
 
 
