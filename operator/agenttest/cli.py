@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {item.name: getattr(args, item.name) for item in dataclasses.fields(Settings)}
     try:
         settings = Settings.from_flags(flags)
+        if settings.leader_election:
+            leadership.check(settings.lease_duration_seconds, settings.lease_renew_seconds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -69,11 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if not settings.leader_election:
         asyncio.run(operate())
         return 0
-    try:
-        leadership.Election.from_settings(settings)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     # kopf starts (watches, handlers, timers) only once this replica holds the Lease.
     asyncio.run(leadership.run_as_leader(settings, operate, liveness))
     return 0

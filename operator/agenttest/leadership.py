@@ -407,8 +407,11 @@ class _Conflict(Exception):
 
 
 @contextlib.asynccontextmanager
-async def _standby_health(liveness_endpoint: str | None) -> AsyncIterator[None]:
-    """While waiting, answer the liveness endpoint (kopf's own starts with the operator)."""
+async def standby_health(liveness_endpoint: str | None) -> AsyncIterator[None]:
+    """While waiting, answer the liveness endpoint: a standby is alive, only not leading.
+
+    kopf serves the endpoint once it runs; this one closes first, freeing the port.
+    """
     if not liveness_endpoint:
         yield
         return
@@ -439,7 +442,7 @@ async def run_as_leader(
     kubeapi.load_config()
     elector = Elector(Election.from_settings(settings))
     try:
-        async with _standby_health(liveness_endpoint):
+        async with standby_health(liveness_endpoint):
             await elector.acquire()
         holding = asyncio.create_task(elector.hold(), name="lease-renewal")
         try:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any, TypeVar
 
 from kubernetes import config
 
-from agenttest.leadership import Election, Elector
+from agenttest.leadership import Election, Elector, standby_health
 from agenttest_dev import devcluster
 
 from support import Kube, service_account_kubeconfig
@@ -213,7 +216,7 @@ def test_a_holder_that_sees_another_holder_gives_up_at_once(
 HOLDER = """
 import asyncio, logging, sys
 from kubernetes import config
-from agenttest.leadership import Election, Elector
+from agenttest.leadership import Election, Elector, standby_health
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -279,3 +282,26 @@ def test_a_holder_that_cannot_renew_exits_before_its_lease_expires(
     assert "renewing Lease" in output and "403" in output, output
     assert f"leadership lost: Lease {name} not renewed within 3s" in output, output
     assert "hold returned" not in output
+
+
+def test_a_standby_answers_its_liveness_probe_and_frees_the_port_for_kopf() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def get() -> tuple[int, dict[str, Any]]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    async def probe_it() -> None:
+        async with standby_health(url):
+            assert await asyncio.to_thread(get) == (200, {"leader": False})
+        # Closed: kopf's own endpoint binds the same port next (aiohttp's way,
+        # SO_REUSEADDR, past the probe's connection in TIME_WAIT).
+        with socket.socket() as kopf_server:
+            kopf_server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            kopf_server.bind(("127.0.0.1", port))
+            kopf_server.listen()
+
+    asyncio.run(probe_it())
