@@ -286,7 +286,8 @@ class Elector:
             except (LeaseError, TimeoutError) as error:
                 logger.warning("cannot read Lease %s: %s", self.election.name, error)
             else:
-                if self.holder() != last_holder:
+                if self.holder() != last_holder and self.holder():
+                    # (No holder yet: another contender was creating it as we did.)
                     last_holder = self.holder()
                     logger.info(
                         "standby: waiting for Lease %s/%s, held by %s",
