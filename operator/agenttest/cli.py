@@ -59,13 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
 
-    async def operate() -> None:
+    async def operate(stop_flag: asyncio.Event | None = None) -> None:
         await kopf.operator(
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=liveness,
             memo=kopf.Memo(settings=settings),
+            stop_flag=stop_flag,
         )
 
     if not settings.leader_election:

@@ -42,6 +42,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -142,6 +143,7 @@ class Elector:
         self._last_sent = 0.0
         self._leading = False
         self._lost = threading.Event()
+        self._losing = threading.Lock()
         self._stop_watchdog = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -349,9 +351,10 @@ class Elector:
                 await asyncio.sleep(min(self.election.renew_seconds / 2, max(0.0, left)))
 
     def _lose(self, reason: str) -> None:
-        if self._lost.is_set():
-            return
-        self._lost.set()
+        with self._losing:  # the renewal task and the watchdog thread may both get here
+            if self._lost.is_set():
+                return
+            self._lost.set()
         self._leading = False
         self._stop_watchdog.set()
         self.on_lost(reason)
@@ -375,28 +378,38 @@ class Elector:
         if not self._leading or self._lost.is_set():
             return
         self._leading = False
-        lease = self._lease
-        if lease is None or self.holder() != self.election.identity:
-            return
-        spec = dict(self._observed_spec or {})
-        spec.update(
-            holderIdentity=None,
-            renewTime=_micro_time(datetime.datetime.now(datetime.UTC)),
-            leaseDurationSeconds=1,
-        )
+        bound = self.election.renew_seconds
         try:
-            released = await self._call(
-                "replace_namespaced_lease",
-                self.election.name,
-                self.election.namespace,
-                {**lease, "spec": spec},
-                bound=self.election.renew_seconds,
-            )
-        except (_Conflict, LeaseError, TimeoutError) as error:
+            # A renewal cut short by the stop may still land first: then the
+            # release conflicts, and goes again on what it wrote.
+            for _ in range(2):
+                lease = self._lease
+                if lease is None or self.holder() != self.election.identity:
+                    return
+                spec = dict(self._observed_spec or {})
+                spec.update(
+                    holderIdentity=None,
+                    renewTime=_micro_time(datetime.datetime.now(datetime.UTC)),
+                    leaseDurationSeconds=1,
+                )
+                try:
+                    released = await self._call(
+                        "replace_namespaced_lease",
+                        self.election.name,
+                        self.election.namespace,
+                        {**lease, "spec": spec},
+                        bound=bound,
+                    )
+                except _Conflict:
+                    await self._read(bound)
+                    continue
+                self._remember(released)
+                logger.info("released Lease %s/%s", self.election.namespace, self.election.name)
+                return
+        except (LeaseError, TimeoutError) as error:
             logger.warning("could not release Lease %s: %s", self.election.name, error)
             return
-        self._remember(released)
-        logger.info("released Lease %s/%s", self.election.namespace, self.election.name)
+        logger.warning("could not release Lease %s: it kept changing", self.election.name)
 
     def close(self) -> None:
         self._stop_watchdog.set()
@@ -434,20 +447,64 @@ async def standby_health(liveness_endpoint: str | None) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+# The kubernetes client imports an API class, and the models it uses, on first use:
+# about 1.5 s of CPU for CoreV1Api alone, all of it holding the GIL. Paid in the
+# first seconds of leading, it starved the renewal (a new holder gave up its Lease
+# while kopf started); so a replica pays it before it contends.
+CLIENT_APIS = ("CoreV1Api", "CustomObjectsApi", "NetworkingV1Api", "CoordinationV1Api")
+
+
+def warm_up() -> None:
+    from kubernetes import client
+
+    for name in CLIENT_APIS:
+        getattr(client, name)
+
+
+def _stop_on_signals(stopping: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set `stopping` until kopf installs its own handlers (which replace these).
+
+    Without them a signal between taking the Lease and kopf's start would kill the
+    process outright, and the standby would wait out the duration instead of
+    taking a released Lease at once.
+    """
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stopping.set)  # main thread only
+
+
 async def run_as_leader(
     settings: Settings,
-    work: Callable[[], Awaitable[None]],
+    work: Callable[[asyncio.Event], Awaitable[None]],
     liveness_endpoint: str | None = None,
 ) -> None:
-    """Wait for the Lease, then run `work` while renewing it; release it when `work` ends."""
+    """Wait for the Lease, then run `work` while renewing it; release it when `work` ends.
+
+    `work` gets an event that is set when the process is asked to stop before its
+    own signal handling is in place (kopf.operator's stop_flag).
+    """
     kubeapi.load_config()
+    warm_up()
     elector = Elector(Election.from_settings(settings))
+    stopping = asyncio.Event()
+    _stop_on_signals(stopping)
     try:
         async with standby_health(liveness_endpoint):
-            await elector.acquire()
+            acquiring = asyncio.create_task(elector.acquire(), name="lease-acquire")
+            stopped = asyncio.create_task(stopping.wait(), name="stop-while-waiting")
+            await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquiring
+                logger.info("stopped while waiting for the Lease")
+                return
+            acquiring.result()
         holding = asyncio.create_task(elector.hold(), name="lease-renewal")
         try:
-            await work()
+            await work(stopping)
         finally:
             holding.cancel()
             with contextlib.suppress(asyncio.CancelledError):

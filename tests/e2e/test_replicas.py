@@ -31,15 +31,15 @@ from support import (
 )
 
 LEASE = "agenttest-operator"
-# Short, so the takeover is quick: the standby takes over ~4 s after the holder's
-# last renewal; the holder gives up 3 s after it.
+# Short, so the takeover is quick: the standby takes over ~6 s after the holder's
+# last renewal; the holder gives up 4.5 s after it.
 ELECTION = {
     "leader_election": "true",
-    "lease_duration_seconds": 4,
-    "lease_renew_seconds": 1,
+    "lease_duration_seconds": 6,
+    "lease_renew_seconds": 1.5,
 }
 
-StartReplica = Callable[[str], Operator]
+StartReplica = Callable[..., Operator]
 
 
 def ticking_agent(directory: Path, lines: int, every: float) -> str:
@@ -85,7 +85,7 @@ def start_replica(
     kubeconfig = service_account_kubeconfig(cluster, tmp_path / "sa.kubeconfig", kube.namespace)
     replicas: list[Operator] = []
 
-    def start(name: str) -> Operator:
+    def start(name: str, **settings: Any) -> Operator:
         replica = Operator(
             cluster,
             kube.namespace,
@@ -93,7 +93,7 @@ def start_replica(
             tmp_path / f"{name}.log",
             kubeconfig=kubeconfig,
             operator_namespace=SYSTEM_NAMESPACE,
-            **ELECTION,
+            **{**ELECTION, **settings},
         )
         replicas.append(replica.start())
         return replica
@@ -141,6 +141,8 @@ def test_one_of_two_replicas_acts_and_the_other_takes_over_a_running_test(
     # The standby has not touched the test while waiting.
     assert "ticking" not in standby.log()
 
+    # It has led all along: it never gave the Lease up on its own.
+    assert "leadership lost" not in active.log()
     active.kill()
     kube.wait_for(
         "the standby to hold the Lease", lambda: holder(kube) == identity(standby), timeout=60
@@ -162,5 +164,31 @@ def test_one_of_two_replicas_acts_and_the_other_takes_over_a_running_test(
     assert before == final[: len(before)]
 
     log = standby.log()
+    assert "leadership lost" not in log
     assert log.index(waiting) < log.index("leading: holding Lease"), log
     assert "ticking" not in log[: log.index("leading: holding Lease")]
+
+
+def test_a_replica_stopped_gracefully_hands_the_lease_over_at_once(
+    kube: Kube, start_replica: StartReplica, model_server: ScriptedModelServer
+) -> None:
+    # A minute-long Lease: only a release lets the standby in within the wait.
+    first, second = (start_replica(name, lease_duration_seconds=60) for name in ("a", "b"))
+    replicas = {identity(first): first, identity(second): second}
+    active_id = kube.wait_for("a replica to hold the Lease", lambda: holder(kube) or None)
+    active = replicas[active_id]
+    standby = first if active is second else second
+    kube.wait_for("the standby to wait", lambda: "standby: waiting" in standby.log())
+
+    active.stop()  # SIGTERM, as a rolling update or a drain sends
+    assert active.process is not None and active.process.returncode == 0
+    assert f"released Lease {SYSTEM_NAMESPACE}/{LEASE}" in active.log()
+    kube.wait_for(
+        "the standby to take the released Lease",
+        lambda: holder(kube) == identity(standby),
+        timeout=30,
+    )
+    # And it acts: a test runs to the end.
+    kube.apply(agent_test("after-handover", SIMPLE_AGENT, model_server.url))
+    status = kube.wait_for_phase("after-handover", "Succeeded", "Failed", "Error")["status"]
+    assert status["phase"] == "Succeeded", status.get("message")
