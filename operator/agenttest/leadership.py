@@ -308,7 +308,12 @@ class Elector:
         """Renew, re-reading after a conflict; `on_lost` if another holder shows up."""
         sent = time.monotonic()
         now = datetime.datetime.now(datetime.UTC)
-        bound = min(self.election.renew_seconds, self._valid_until - sent)
+        # A slow API server may take longer than a renewal period and still be in
+        # time; half of what is left keeps a second try for a stuck connection.
+        bound = min(
+            self._valid_until - sent,
+            max(self.election.renew_seconds, self.election.give_up_after / 2),
+        )
         lease = self._lease
         for _ in range(2):
             if lease is None or self.holder() != self.election.identity:
