@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import sys
 
-from agenttest import package_cli, queue_cli, report_cli
+from agenttest import leadership, package_cli, queue_cli, report_cli
 from agenttest.settings import Settings, activate
 
 
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     flags = {item.name: getattr(args, item.name) for item in dataclasses.fields(Settings)}
     try:
         settings = Settings.from_flags(flags)
+        if settings.leader_election:
+            leadership.check(settings.lease_duration_seconds, settings.lease_renew_seconds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -57,15 +59,22 @@ def run(args: argparse.Namespace) -> int:
     import agenttest.handlers  # noqa: F401  (registers the handlers)
 
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(
-        kopf.operator(
+
+    async def operate(stop_flag: asyncio.Event | None = None) -> None:
+        await kopf.operator(
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=liveness,
             memo=kopf.Memo(settings=settings),
+            stop_flag=stop_flag,
         )
-    )
+
+    if not settings.leader_election:
+        asyncio.run(operate())
+        return 0
+    # kopf starts (watches, handlers, timers) only once this replica holds the Lease.
+    asyncio.run(leadership.run_as_leader(settings, operate, liveness))
     return 0
 
 

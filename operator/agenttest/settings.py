@@ -122,6 +122,19 @@ class Settings:
     # A model without a price has no cost, and its maxCostUSD checks fail.
     # Checked at start (price_table): a bad table stops the operator.
     model_prices: str = ""
+    # Several replicas, one active: each waits for the Lease of this name in the
+    # operator namespace and acts only while it holds it (leadership.py). Off
+    # for one process (development, the demo, tests); the Deployment turns it on.
+    leader_election: bool = False
+    leader_lease: str = "agenttest-operator"
+    # A standby takes over this long after it last saw the holder renew: after
+    # a crash, the active replica is replaced in about this time (8-12 s with
+    # these values). The holder renews every lease_renew_seconds and stops (exits)
+    # when no renewal has succeeded for duration - renew seconds: four tries, so
+    # an API server hiccup of several seconds costs nothing. Renew at most half
+    # the duration (checked at start).
+    lease_duration_seconds: int = 10
+    lease_renew_seconds: float = 2.0
     # The operator's HTTP port (httpserver.py): Prometheus /metrics and the queue
     # view /queue (`agenttest queue` reaches it through the API server's service
     # proxy); 0 turns it off. The name is older than /queue.

@@ -24,12 +24,17 @@ Fargate (moto over HTTP, the FargatePlayer of agenttest_dev.fargate as Fargate):
 * log latency: a harness line (with its own timestamp; the player ships it to
   CloudWatch Logs within ~70 ms) -> the first watch event showing it in logTail;
 * GetLogEvents calls per running test-minute, over three 20-second tests.
+
+Two replicas with leader election (the Deployment's 10 s Lease, renewed every
+2 s), SIGKILL of the active one while a test runs, five times: kill -> the
+standby holds the Lease, and kill -> the running test's log tail next advances.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import statistics
 import sys
 import tempfile
@@ -634,6 +639,137 @@ def measure_pods(cluster: devcluster.Cluster, work: Path, endpoint: str) -> dict
             operator.stop()
 
 
+def lease_of(namespace: str, name: str = "agenttest-operator") -> dict[str, Any]:
+    """The Lease's spec, or {} while there is none."""
+    try:
+        lease = client.CoordinationV1Api().read_namespaced_lease(name, namespace)
+    except client.ApiException as error:
+        if error.status == 404:
+            return {}
+        raise
+    return dict(lease.spec.to_dict())  # snake_case keys, times as datetimes
+
+
+def wait_until(description: str, condition: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {description}")
+        time.sleep(0.01)
+    return value
+
+
+def takeover_ticks(obj: dict[str, Any]) -> set[str]:
+    tail = (obj.get("status") or {}).get("logTail") or ""
+    lines = (line.removeprefix(AGENT_PREFIX) for line in tail.splitlines())
+    return {line for line in lines if line.startswith("tick ")}
+
+
+def takeover_round(
+    namespace: str,
+    name: str,
+    endpoint: str,
+    active: Operator,
+    standby: Operator,
+    recorder: Recorder,
+) -> tuple[float, float]:
+    """One SIGKILL of the active replica mid-test: (kill -> Lease held, kill -> tail advances)."""
+    host = socket.gethostname()
+    assert active.process is not None and standby.process is not None
+    heir = f"{host}_{standby.process.pid}"
+    create(namespace, manifest(name, ticking_agent(120, 0.25), endpoint))
+
+    def latest() -> dict[str, Any]:
+        with recorder.lock:
+            seen = recorder.events.get(name)
+            return seen[-1][1] if seen else {}
+
+    wait_until("ticks in the tail", lambda: len(takeover_ticks(latest())) >= 3)
+    killed_at = time.time()
+    active.kill()
+    before = takeover_ticks(latest())
+    wait_until(
+        "the standby to take the Lease", lambda: lease_of(namespace).get("holder_identity") == heir
+    )
+    # acquireTime is the standby's clock (this host's) when it took the Lease.
+    to_lease = lease_of(namespace)["acquire_time"].timestamp() - killed_at
+
+    def advanced() -> float | None:
+        with recorder.lock:
+            for arrived, obj in recorder.events[name]:
+                if arrived > killed_at and takeover_ticks(obj) - before:
+                    return float(arrived)
+        return None
+
+    to_status = wait_until("the tail to advance", advanced) - killed_at
+    recorder.wait_phase(name, {"Succeeded", "Failed", "Error"})
+    if recorder.phase(name) != "Succeeded":
+        raise RuntimeError(f"{name} ended {recorder.phase(name)} after the takeover")
+    return to_lease, to_status
+
+
+def measure_takeover(
+    cluster: devcluster.Cluster, work: Path, endpoint: str, rounds: int = 5
+) -> dict[str, Any]:
+    """Two replicas (leader election, the Deployment's 10 s / 2 s); SIGKILL the active one
+    while a test runs: kill -> the standby holds the Lease, and kill -> the test's log
+    tail next advances (the first status the new active replica writes)."""
+    namespace = "bench-takeover"
+    cluster.kubectl("create", "namespace", namespace)
+    host = socket.gethostname()
+    logs = iter(range(1, 100))
+
+    def replica() -> Operator:
+        return Operator(
+            cluster,
+            namespace,
+            work / "runs-takeover",
+            work / f"operator-takeover-{next(logs)}.log",
+            leader_election="true",
+            lease_duration_seconds=10,
+            lease_renew_seconds=2,
+        ).start()
+
+    def pid_of(operator: Operator) -> int:
+        assert operator.process is not None
+        return operator.process.pid
+
+    replicas = [replica(), replica()]
+    recorder = Recorder(namespace)
+    to_lease, to_status = [], []
+    try:
+        for round_ in range(rounds):
+            pids = {f"{host}_{pid_of(r)}": r for r in replicas}
+
+            def leader(pids: dict[str, Operator] = pids) -> str | None:
+                holder = lease_of(namespace).get("holder_identity")
+                return holder if holder in pids else None
+
+            active = pids[wait_until("a replica to lead", leader)]
+            standby = next(r for r in replicas if r is not active)
+            # The standby really waits (it is not still starting) before the kill.
+            wait_until("the standby to wait", lambda s=standby: "standby: waiting" in s.log())
+            lease, status = takeover_round(
+                namespace, f"takeover-{round_}", endpoint, active, standby, recorder
+            )
+            to_lease.append(lease)
+            to_status.append(status)
+            replicas = [standby, replica()]  # a new standby, as the Deployment restarts the pod
+    finally:
+        recorder.stop()
+        for operator in replicas:
+            operator.stop()
+    return {
+        "takeover": {
+            "kill_to_lease_held_seconds": percentiles(to_lease),
+            "kill_to_next_status_seconds": percentiles(to_status),
+            "lease_duration_seconds": 10,
+            "lease_renew_seconds": 2,
+            "expected_kill_to_lease_seconds": "8-12",
+        }
+    }
+
+
 def record(results: dict[str, Any], section: dict[str, Any]) -> None:
     """Keep a section's figures, and show them at once: a later failure keeps them."""
     results.update(section)
@@ -667,6 +803,7 @@ def main() -> int:
         record(results, measure_fargate(cluster, work, model.url))
         record(results, measure_packaging(cluster, work, model.url))
         record(results, measure_pods(cluster, work, model.url))
+        record(results, measure_takeover(cluster, work, model.url))
         results["targets"] = {
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,

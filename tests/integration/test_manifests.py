@@ -83,13 +83,26 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
             assert document["metadata"]["namespace"] == SYSTEM_NAMESPACE, document["kind"]
 
     deployment = find(documents, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one active through the Lease; replaced one at a time, so
+    # one is always there to hold it.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SERVICE_ACCOUNT
     (container,) = pod["containers"]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["AGENTTEST_ENABLE_LOCAL_BACKEND"] == "false"
+    assert env["AGENTTEST_LEADER_ELECTION"] == "true"
+    assert env["AGENTTEST_LEADER_LEASE"] == "agenttest-operator"
+    # The settings the operator checks at start: renew at most half the duration.
+    assert 2 * float(env["AGENTTEST_LEASE_RENEW_SECONDS"]) <= int(
+        env["AGENTTEST_LEASE_DURATION_SECONDS"]
+    )
+    [pod_name] = [item for item in container["env"] if item["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {
         "http": int(env["AGENTTEST_METRICS_PORT"]),
@@ -361,6 +374,10 @@ DENIED = [
     ("create", "deployments.apps", None),
     ("get", "nodes", None),
     ("patch", "nodes", None),
+    # Leases only in the operator's own namespace (the Role), never here.
+    ("get", "leases.coordination.k8s.io", None),
+    ("create", "leases.coordination.k8s.io", None),
+    ("update", "leases.coordination.k8s.io", None),
 ]
 
 
@@ -405,6 +422,25 @@ def test_only_the_signing_secret_is_readable_and_only_in_the_operators_namespace
     assert may("-n", "default", "get", "secrets/agenttest-signing-key") == "no"
 
 
+def test_only_the_operators_lease_is_writable_and_only_in_its_namespace(
+    cluster: devcluster.Cluster, installed: list[dict[str, Any]]
+) -> None:
+    def may(*args: str) -> str:
+        result = cluster.kubectl("auth", "can-i", AS_OPERATOR, *args, check=False)
+        return result.stdout.strip()
+
+    lease = "leases.coordination.k8s.io/agenttest-operator"
+    leases = "leases.coordination.k8s.io"
+    for verb in ("get", "update"):
+        assert may("-n", SYSTEM_NAMESPACE, verb, lease) == "yes", verb
+        assert may("-n", SYSTEM_NAMESPACE, verb, f"{leases}/another") == "no", verb
+        assert may("-n", "default", verb, lease) == "no", verb
+    assert may("-n", SYSTEM_NAMESPACE, "create", leases) == "yes"
+    assert may("-n", "default", "create", leases) == "no"
+    for verb in ("list", "watch", "patch", "delete"):
+        assert may("-n", SYSTEM_NAMESPACE, verb, lease) == "no", verb
+
+
 # --------------------------------------------------------------------------
 # The namespaced install
 # --------------------------------------------------------------------------
@@ -439,7 +475,7 @@ def test_namespaced_install_binds_the_operator_only_where_it_watches(
     ]
     assert binding["roleRef"]["name"] == "agenttest-operator"
     container = find(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["AGENTTEST_NAMESPACES"] == binding["metadata"]["namespace"] == "agenttests"
     cluster_rules = find(documents, "ClusterRole", "agenttest-operator-cluster")["rules"]
     assert {r for rule in cluster_rules for r in rule["resources"]} == {
