@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agenttest import faults, lifecycle, logtail, packaging, reports, runkeys
+from agenttest import crashpoints, faults, lifecycle, logtail, packaging, reports, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
@@ -183,6 +183,7 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
     claim = await rt.scheduler.claim(test.uid, indexed, now)
     if not claim.taken:
         return lifecycle.queue_position(status, claim.position)
+    crashpoints.reached("claimed")
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
@@ -214,6 +215,7 @@ async def _try_launch(rt: Runtime, test: AgentTest, indexed: Indexed) -> AgentTe
         return lifecycle.infra_failure(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
+    crashpoints.reached("launched")
     launched = lifecycle.launched(status, status.backend, execution_id, now)
     return launched.model_copy(update={"source": snapshot.status()})
 
@@ -372,6 +374,7 @@ async def _stop_and_finish(
 async def delete(rt: Runtime, namespace: str, uid: str, status: AgentTestStatus) -> None:
     """The test is being deleted: stop its execution and remove what it left."""
     found = await _locate(rt, Owner(uid, namespace, ""), status)
+    crashpoints.reached("deleting")
     if found is not None:
         executor, execution_id = found
         await executor.cleanup(execution_id)
@@ -420,6 +423,7 @@ async def sweep(rt: Runtime, owner_uid: OwnerUid) -> list[str]:
 
 async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     """Publish the deployment package of a test that passed (the Packaged condition)."""
+    crashpoints.reached("packaging")
     status = test.status
     now = rt.clock()
 

@@ -117,6 +117,9 @@ class Settings:
     metrics_port: int = 8080
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.
     health_port: int = 8081
+    # Testing only, fault injection: the operator SIGKILLs itself when it reaches
+    # this point of a test's life (crashpoints.POINTS); empty: never.
+    crash_at: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
