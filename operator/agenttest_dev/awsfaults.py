@@ -302,7 +302,7 @@ class AwsFaults:
     @staticmethod
     def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
         if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:

@@ -166,7 +166,7 @@ def test_throttling_and_server_errors_for_some_calls_change_nothing(
     assert faults.count("s3", "PutObject", 500) == 3
 
 
-def test_aws_throttling_for_half_a_minute_spends_no_infrastructure_retry(
+def test_launches_refused_by_throttling_spend_no_infrastructure_retry(
     kube: Kube,
     start_faulted_operator: Callable[..., Operator],
     faults: AwsFaults,
@@ -174,14 +174,18 @@ def test_aws_throttling_for_half_a_minute_spends_no_infrastructure_retry(
     aws: AwsEnvironment,
     model_server: ScriptedModelServer,
 ) -> None:
-    start_faulted_operator()
-    # Longer than boto3's own retries of one call ride out.
-    faults.throttle("ecs", "RunTask", seconds=30)
+    start_faulted_operator(infra_backoff_seconds=1)
+    # Each refuses one launch outright: every try boto3 makes of one call (S3: 4,
+    # ECS: 6). Keeping agent.py at launch is refused first, then RunTask.
+    faults.throttle("s3", "PutObject", times=4)
+    faults.throttle("ecs", "RunTask", times=6)
     kube.apply(agent_test("storm", COUNTING_AGENT, model_server.url, backend="fargate"))
     kube.wait_for_phase("storm", "Building", "Running", "Error", timeout=120)
-    faults.throttle("ecs", "DescribeTasks", seconds=15)
-    faults.throttle("logs", "GetLogEvents", seconds=15)
-    faults.throttle("s3", "PutObject", seconds=30)
+    faults.throttle("ecs", "DescribeTasks", seconds=10)
+    faults.throttle("logs", "GetLogEvents", seconds=10)
+    # The report's and the package's puts: twice every try of one call.
+    faults.throttle("s3", "PutObject", times=8)
 
     assert_clear_sky_outcome(kube, "storm", player, aws)
-    assert faults.count("ecs", "RunTask", 400) > 1
+    assert faults.count("ecs", "RunTask", 400) == 6
+    assert faults.count("s3", "PutObject", 503) == 12
