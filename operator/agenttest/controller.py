@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agenttest import faults, lifecycle, logtail, packaging, reports, runkeys
+from agenttest import crashpoints, faults, lifecycle, logtail, packaging, reports, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
@@ -36,6 +36,12 @@ MAX_LOG_READS_PER_STEP = 16
 # reason that is not the infrastructure's (`faults.transient`), ends the test
 # in Error: the same input would make it raise at every poll, holding a slot.
 STEP_ERROR_LIMIT = 3
+# A launch refused for now (throttling, a 5xx, a connection refused) is tried
+# again under the same key after a backoff that doubles up to the cap, spending
+# no infrastructure retry; past the limit in a row it counts as one after all
+# (an OSError that is no passing weather, say, must not defer a test forever).
+LAUNCH_DEFERRAL_LIMIT = 10
+LAUNCH_DEFERRAL_MAX_SECONDS = 60.0
 
 Indexed = Callable[[], Iterable[QueueEntry]]
 # Makes sure the test cannot vanish under an execution before one is launched
@@ -66,6 +72,8 @@ class Runtime:
     pending_reports: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     # Steps that raised in a row, per execution (see STEP_ERROR_LIMIT).
     step_errors: dict[ExecutionKey, int] = field(default_factory=dict)
+    # Launches refused for now in a row, per execution (see LAUNCH_DEFERRAL_LIMIT).
+    launch_deferrals: dict[ExecutionKey, int] = field(default_factory=dict)
 
     @property
     def retry_policy(self) -> lifecycle.RetryPolicy:
@@ -202,6 +210,7 @@ async def _try_launch(
     if not held:
         rt.scheduler.release(test.uid)  # it is being deleted: nothing may start for it
         return status
+    crashpoints.reached("claimed")
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
@@ -225,6 +234,23 @@ async def _try_launch(
     except (SourceUnavailable, LaunchRefused) as error:
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
     except Exception as error:
+        deferrals = rt.launch_deferrals.get(key, 0)
+        if faults.transient(error) and deferrals < LAUNCH_DEFERRAL_LIMIT:
+            # AWS or the API server refused a call for now: nothing was lost, and
+            # the launch is idempotent, so the same key launches again later.
+            rt.launch_deferrals[key] = deferrals + 1
+            delay = min(
+                LAUNCH_DEFERRAL_MAX_SECONDS, rt.settings.infra_backoff_seconds * 2**deferrals
+            )
+            logger.warning(
+                "launch of %s/%s deferred %.1fs: %s",
+                test.namespace,
+                test.name,
+                delay,
+                faults.describe(error),
+            )
+            return lifecycle.launch_deferred(status, faults.describe(error), now, delay)
+        rt.launch_deferrals.pop(key, None)
         logger.exception("launch of %s/%s failed", test.namespace, test.name)
         # Whatever part of this execution the backend did start must not run on
         # beside the next one: the retry launches under a new key.
@@ -233,6 +259,8 @@ async def _try_launch(
         return lifecycle.infra_failure(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
+    rt.launch_deferrals.pop(key, None)
+    crashpoints.reached("launched")
     launched = lifecycle.launched(status, status.backend, execution_id, now)
     return launched.model_copy(update={"source": snapshot.status()})
 
@@ -391,12 +419,15 @@ async def _stop_and_finish(
 async def delete(rt: Runtime, namespace: str, uid: str, status: AgentTestStatus) -> None:
     """The test is being deleted: stop its execution and remove what it left."""
     found = await _locate(rt, Owner(uid, namespace, ""), status)
+    crashpoints.reached("deleting")
     if found is not None:
         executor, execution_id = found
         await executor.cleanup(execution_id)
         rt.progress.pop(execution_id, None)
     for key in [key for key in rt.step_errors if key.uid == uid]:
         del rt.step_errors[key]
+    for key in [key for key in rt.launch_deferrals if key.uid == uid]:
+        del rt.launch_deferrals[key]
     for pending in [pending for pending in rt.pending_reports if pending[0] == uid]:
         del rt.pending_reports[pending]
 
@@ -439,6 +470,7 @@ async def sweep(rt: Runtime, owner_uid: OwnerUid) -> list[str]:
 
 async def package(rt: Runtime, test: AgentTest) -> AgentTestStatus:
     """Publish the deployment package of a test that passed (the Packaged condition)."""
+    crashpoints.reached("packaging")
     status = test.status
     now = rt.clock()
 

@@ -413,6 +413,25 @@ def infra_failure(
     )
 
 
+def launch_deferred(
+    status: AgentTestStatus, reason: str, now: datetime.datetime, delay_seconds: float
+) -> AgentTestStatus:
+    """A launch refused for now (throttled, a 5xx): stay Queued, try again after the delay.
+
+    Unlike `infra_failure`, nothing is counted: no execution was lost, a call
+    was refused, and the next launch uses the same key, so it finds whatever
+    the refused one started instead of starting another.
+    """
+    return status.model_copy(
+        update={
+            "phase": Phase.QUEUED,
+            "message": f"launch deferred: {reason}",
+            "retry_after": timestamp(now + datetime.timedelta(seconds=delay_seconds)),
+            "execution": None,
+        }
+    )
+
+
 # --------------------------------------------------------------------------
 # Conditions
 # --------------------------------------------------------------------------

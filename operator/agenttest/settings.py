@@ -144,6 +144,9 @@ class Settings:
     http_host: str = "0.0.0.0"
     # Liveness/readiness endpoint port for the Deployment's probes; 0 is off.
     health_port: int = 8081
+    # Testing only, fault injection: the operator SIGKILLs itself when it reaches
+    # this point of a test's life (crashpoints.POINTS); empty: never.
+    crash_at: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

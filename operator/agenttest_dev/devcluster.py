@@ -239,6 +239,7 @@ class Cluster:
     def start(self, timeout: float = 90.0) -> Cluster:
         try:
             self._start_etcd()
+            self._prepare_apiserver()
             self._start_apiserver()
             self._wait_ready(timeout)
             self._write_kubeconfig()
@@ -261,6 +262,27 @@ class Cluster:
         if not self.keep:
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone, as an outage or an upgrade does; etcd keeps the state.
+
+        Until `start_apiserver`, every client (the operator, kubectl, the controller
+        manager) finds nothing listening at `url`.
+        """
+        process = self._processes.pop("kube-apiserver")
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        """Start kube-apiserver again: same etcd, port, certificates, keys and tokens."""
+        if "kube-apiserver" in self._processes:
+            raise ClusterError("kube-apiserver is running already")
+        self._start_apiserver()
+        self._wait_ready(timeout)
+
     def __enter__(self) -> Cluster:
         return self.start()
 
@@ -271,7 +293,8 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_path = self.directory / f"{name}.log"
-        with log_path.open("wb") as log_file:
+        # Appended: a component started again (start_apiserver) keeps its earlier log.
+        with log_path.open("ab") as log_file:
             self._processes[name] = subprocess.Popen(
                 args,
                 stdout=log_file,
@@ -304,7 +327,14 @@ class Cluster:
             ],
         )
 
-    def _start_apiserver(self) -> None:
+    def _prepare_apiserver(self) -> None:
+        """What every start of kube-apiserver shares: its port, keys, tokens, encryption.
+
+        Made once, so that an API server started again (`start_apiserver`) still
+        accepts the tokens it issued and still reads the secrets it encrypted; its
+        serving certificate, generated into the cert dir at the first start, is
+        reused from there.
+        """
         self.api_port = self.api_port or free_port()
         certs = self.directory / "certs"
         certs.mkdir(exist_ok=True)
@@ -329,6 +359,12 @@ class Cluster:
             "      - identity: {}\n"
         )
         encryption.chmod(0o600)
+
+    def _start_apiserver(self) -> None:
+        certs = self.directory / "certs"
+        key = certs / "service-account.key"
+        tokens = self.directory / "tokens.csv"
+        encryption = self.directory / "encryption.yaml"
         self._spawn(
             "kube-apiserver",
             [

@@ -276,3 +276,60 @@ def test_the_sweeper_removes_executions_whose_test_is_gone_and_keeps_the_rest() 
     swept = asyncio.run(controller.sweep(rt, owner_uid))
     assert swept == ["at-gone", "at-renamed"]
     assert executor.stopped == ["at-gone", "at-renamed"]
+
+
+class Throttled(Exception):
+    """What botocore raises for a throttled call, in shape: an error response."""
+
+    response = {"Error": {"Code": "ThrottlingException"}, "ResponseMetadata": {}}
+
+
+def test_a_launch_refused_for_now_is_deferred_under_the_same_key_spending_no_retry() -> None:
+    rt, executor, clock = runtime()
+    launch = executor.launch
+    refusals = [Throttled("Rate exceeded"), Throttled("Rate exceeded")]
+
+    async def refusing(request: LaunchRequest) -> str:
+        executor.requests.append(request)
+        if refusals:
+            raise refusals.pop(0)
+        executor.requests.pop()
+        return await launch(request)
+
+    executor.launch = refusing  # type: ignore[method-assign]
+    test = agent_test("a")
+    delays = []
+    for _ in range(2):
+        step = asyncio.run(controller.reconcile(rt, test, alone(test)))
+        status = step.status
+        assert (status.phase, status.infra_retries) == (Phase.QUEUED, 0)
+        assert "launch deferred: Throttled: Rate exceeded" in (status.message or "")
+        retry_at = datetime.datetime.fromisoformat(str(status.retry_after))
+        delays.append((retry_at - clock.now).total_seconds())
+        rt.scheduler.record(test.uid, status)  # as writing the status does
+        clock.now = retry_at
+        test = agent_test("a", status)
+    assert delays == [5.0, 10.0]  # infra_backoff_seconds, doubled
+    launched = asyncio.run(controller.reconcile(rt, test, alone(test))).status
+    assert launched.phase == Phase.BUILDING and not launched.infra_retries
+    assert len({request.key for request in executor.requests}) == 1, "one key throughout"
+    assert executor.stopped == []
+
+
+def test_a_launch_refused_for_now_too_often_counts_as_an_infrastructure_failure() -> None:
+    rt, executor, clock = runtime()
+
+    async def refusing(request: LaunchRequest) -> str:
+        raise ConnectionRefusedError("never answers")
+
+    executor.launch = refusing  # type: ignore[method-assign]
+    test = agent_test("a")
+    for _ in range(controller.LAUNCH_DEFERRAL_LIMIT):
+        status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
+        assert (status.phase, status.infra_retries) == (Phase.QUEUED, 0)
+        rt.scheduler.record(test.uid, status)
+        clock.now = datetime.datetime.fromisoformat(str(status.retry_after))
+        test = agent_test("a", status)
+    status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
+    assert (status.phase, status.infra_retries) == (Phase.QUEUED, 1)
+    assert "launch failed" in (status.message or "")
