@@ -249,7 +249,8 @@ async def _try_launch(
                 delay,
                 faults.describe(error),
             )
-            return lifecycle.launch_deferred(status, faults.describe(error), now, delay)
+            # From now, not from before the launch: its own retries can take a while.
+            return lifecycle.launch_deferred(status, faults.describe(error), rt.clock(), delay)
         rt.launch_deferrals.pop(key, None)
         logger.exception("launch of %s/%s failed", test.namespace, test.name)
         # Whatever part of this execution the backend did start must not run on

@@ -56,6 +56,10 @@ def load_config() -> None:
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = CONCURRENCY
     client.Configuration.set_default(configuration)
+    # One client for every call: without a default, each `CustomObjectsApi()` made
+    # its own, with its own connection pool, so every call paid a TLS handshake
+    # and a fresh SSL context (measured: admissions stalled on handshakes).
+    client.ApiClient.set_default(client.ApiClient(configuration))  # type: ignore[no-untyped-call]
 
 
 async def call(function: Callable[..., T], *args: Any) -> T:

@@ -293,6 +293,8 @@ class Reconciler:
             retry_at = lifecycle.parse_timestamp(status.retry_after)
             if retry_at is not None and retry_at > now:
                 self.queue.add_after(uid, (retry_at - now).total_seconds())
+            elif retry_at is not None:
+                self.dispatch_wanted.set()  # its backoff is over: it starts when a slot is free
             return
         enabled = bool((body.get("spec") or {}).get("package", {}).get("enabled", True))
         if lifecycle.needs_package(status, enabled) or lifecycle.needs_report(status):
@@ -398,8 +400,7 @@ class Reconciler:
             changes = kubeapi.merge_patch(old.wire(), new.wire())
             version = await kubeapi.patch_agenttest_status(namespace, name, changes)
         self.written[uid] = Written(version, new)
-        rt.scheduler.record(uid, old, new, rt.clock())
-        if old.phase is not None and old.phase.active and not (new.phase and new.phase.active):
+        if rt.scheduler.record(uid, old, new, rt.clock()):
             self.dispatch_wanted.set()  # a slot freed: the next test starts now
         metrics.STATUS_WRITES.inc()
         if new.phase != old.phase:

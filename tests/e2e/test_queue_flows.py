@@ -104,7 +104,7 @@ def test_a_crowded_namespace_does_not_starve_a_quiet_one(
         metrics_port=port,
         http_host="127.0.0.1",
     )
-    kube.apply(agent_test("crowd-0", sleeping_agent(4), model_server.url))
+    kube.apply(agent_test("crowd-0", sleeping_agent(120), model_server.url))
     kube.wait_for_phase("crowd-0", "Building", "Running")
     kube.apply(*[agent_test(f"crowd-{i}", SIMPLE_AGENT, model_server.url) for i in range(1, 6)])
     other.apply(agent_test("quiet", SIMPLE_AGENT, model_server.url))
@@ -139,6 +139,8 @@ def test_a_crowded_namespace_does_not_starve_a_quiet_one(
     assert lines[0].split()[:3] == ["POSITION", "NAMESPACE", "NAME"]
     assert lines[1].split()[:3] == ["1", other.namespace, "quiet"]
 
+    # The slot frees: the quiet namespace's test takes it, before the crowd's next.
+    kube.patch("crowd-0", {"spec": {"cancel": True}})
     other.wait_for_phase("quiet", "Succeeded", timeout=120)
     kube.wait_for_phase("crowd-1", "Succeeded", timeout=120)
     assert started_at(other, "quiet") <= started_at(kube, "crowd-1")

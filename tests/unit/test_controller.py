@@ -306,7 +306,7 @@ def test_a_launch_refused_for_now_is_deferred_under_the_same_key_spending_no_ret
         assert "launch deferred: Throttled: Rate exceeded" in (status.message or "")
         retry_at = datetime.datetime.fromisoformat(str(status.retry_after))
         delays.append((retry_at - clock.now).total_seconds())
-        rt.scheduler.record(test.uid, status)  # as writing the status does
+        rt.scheduler.record(test.uid, test.status, status, clock.now)  # as writing does
         clock.now = retry_at
         test = agent_test("a", status)
     assert delays == [5.0, 10.0]  # infra_backoff_seconds, doubled
@@ -327,7 +327,7 @@ def test_a_launch_refused_for_now_too_often_counts_as_an_infrastructure_failure(
     for _ in range(controller.LAUNCH_DEFERRAL_LIMIT):
         status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
         assert (status.phase, status.infra_retries) == (Phase.QUEUED, 0)
-        rt.scheduler.record(test.uid, status)
+        rt.scheduler.record(test.uid, test.status, status, clock.now)
         clock.now = datetime.datetime.fromisoformat(str(status.retry_after))
         test = agent_test("a", status)
     status = asyncio.run(controller.reconcile(rt, test, alone(test))).status
