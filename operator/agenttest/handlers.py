@@ -2,9 +2,8 @@
 
 * `configure` sets kopf's own names, builds the runtime (`wiring`) and the
   reconciler, and serves /metrics and the queue view (`httpserver`).
-* `queue_index` keeps what the queue needs about every AgentTest; kopf fills
-  it from the initial listing before any other handler runs, which is what
-  lets a restarted operator rebuild its queue before it starts anything.
+  Before anything starts, the reconciler lists every AgentTest (`seed`), which is
+  what lets a restarted operator rebuild its queue before it starts anything.
 * `observe` hands every watch event to the reconciler, which decides whether
   it asks for a step (most events are our own writes coming back: they do not).
 
@@ -24,7 +23,6 @@ import kopf
 from agenttest import controller, httpserver, kubeapi, reconciler, wiring
 from agenttest import settings as settings_module
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
-from agenttest.scheduling import QueueEntry
 from agenttest.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,12 +39,10 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
         return kopf.BodyEssence()
 
 
-# kopf passes indexes as extra keyword arguments, which its ActivityFn protocol does not list.
-@kopf.on.startup()  # type: ignore[arg-type]
+@kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
-    queue_index: kopf.Index[str, QueueEntry],
     **_: Any,
 ) -> None:
     config: Settings = memo.get("settings") or settings_module.active()
@@ -64,15 +60,17 @@ async def configure(
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     rt = memo["runtime"] = await wiring.runtime(config)
-    core = memo["reconciler"] = reconciler.Reconciler(rt, queue_index)
+    core = memo["reconciler"] = reconciler.Reconciler(rt)
+    known = await core.seed(config.namespaces)
     if config.metrics_port:
         memo["http"] = await httpserver.serve(
             config.metrics_port, core.queue_document, host=config.http_host
         )
     memo["sweeper"] = asyncio.create_task(_sweep_forever(rt, config.sweep_interval))
     logger.info(
-        "agenttest operator ready: max %d running (%s per namespace), default backend %s, "
-        "backends: %s",
+        "agenttest operator ready: %d AgentTests, max %d running (%s per namespace), "
+        "default backend %s, backends: %s",
+        known,
         config.max_running,
         config.max_running_per_namespace or "no cap",
         config.default_backend.value,
@@ -100,12 +98,6 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     http = memo.get("http")
     if isinstance(http, httpserver.HttpServer):
         await http.stop()
-
-
-@kopf.index(GROUP, VERSION, AGENTTEST_PLURAL)
-def queue_index(body: kopf.Body, **_: Any) -> dict[str, QueueEntry]:
-    entry = reconciler.queue_entry(body)
-    return {entry.uid: entry}
 
 
 @kopf.on.event(GROUP, VERSION, AGENTTEST_PLURAL)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -104,6 +104,37 @@ async def patch_agenttest_status(namespace: str, name: str, status: dict[str, An
     return await _patch_status(AGENTTEST_PLURAL, namespace, name, status)
 
 
+LIST_PAGE = 250
+
+
+async def list_agenttests(namespaces: tuple[str, ...]) -> AsyncIterator[dict[str, Any]]:
+    """Every AgentTest in `namespaces` (all when empty), a page at a time (bounded memory)."""
+    api = _custom_objects()
+    for namespace in namespaces or (None,):
+        token: str | None = None
+        while True:
+            options: dict[str, Any] = {"limit": LIST_PAGE}
+            if token:
+                options["_continue"] = token
+            if namespace is None:
+                page = await call(
+                    lambda o=options: api.list_cluster_custom_object(
+                        GROUP, VERSION, AGENTTEST_PLURAL, **o
+                    )
+                )
+            else:
+                page = await call(
+                    lambda n=namespace, o=options: api.list_namespaced_custom_object(
+                        GROUP, VERSION, n, AGENTTEST_PLURAL, **o
+                    )
+                )
+            for item in page.get("items") or []:
+                yield dict(item)
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+
+
 async def get_agenttest(namespace: str, name: str) -> dict[str, Any]:
     api = _custom_objects()
     found = await call(
@@ -119,27 +150,42 @@ _FINALIZER_TRIES = 3
 
 
 async def _patch_finalizers(
-    namespace: str, name: str, uid: str, change: Callable[[list[str]], list[dict[str, Any]] | None]
+    namespace: str,
+    name: str,
+    uid: str,
+    change: Callable[[list[str]], list[dict[str, Any]] | None],
+    known: list[str] | None = None,
+    known_version: str = "",
 ) -> bool:
-    """Apply `change(current finalizers)` as a guarded JSON patch; False when the test is gone."""
+    """Apply `change(current finalizers)` as a guarded JSON patch; False when the test is gone.
+
+    `known`: the finalizers as last seen, tried first without reading them again.
+    """
     from kubernetes.client.exceptions import ApiException
 
     api = _custom_objects()
     for _ in range(_FINALIZER_TRIES):
-        try:
-            current = await get_agenttest(namespace, name)
-        except Gone:
-            return False
-        meta = current.get("metadata") or {}
-        if str(meta.get("uid")) != uid:
-            return False  # deleted and created again under the same name
-        listed = [str(item) for item in meta.get("finalizers") or []]
+        if known is not None:
+            listed, known, version = known, None, known_version
+        else:
+            try:
+                current = await get_agenttest(namespace, name)
+            except Gone:
+                return False
+            meta = current.get("metadata") or {}
+            if str(meta.get("uid")) != uid:
+                return False  # deleted and created again under the same name
+            listed = [str(item) for item in meta.get("finalizers") or []]
+            version = str(meta.get("resourceVersion") or "")
         operations = change(listed)
         if operations is None:
             return True  # nothing to do
         guard: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
         if listed:
             guard.append({"op": "test", "path": "/metadata/finalizers", "value": listed})
+        elif version:
+            # No list to compare: the object as read, unchanged, has none either.
+            guard.append({"op": "test", "path": "/metadata/resourceVersion", "value": version})
         try:
             patch = guard + operations
             await call(
@@ -165,7 +211,14 @@ async def _patch_finalizers(
     raise RuntimeError(f"{namespace}/{name}: its finalizers kept changing under us")
 
 
-async def add_finalizer(namespace: str, name: str, uid: str, finalizer: str) -> bool:
+async def add_finalizer(
+    namespace: str,
+    name: str,
+    uid: str,
+    finalizer: str,
+    known: list[str] | None = None,
+    known_version: str = "",
+) -> bool:
     """Add `finalizer` to the AgentTest; False when it is gone or being deleted."""
 
     def change(listed: list[str]) -> list[dict[str, Any]] | None:
@@ -175,7 +228,7 @@ async def add_finalizer(namespace: str, name: str, uid: str, finalizer: str) -> 
             return [{"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
         return [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
 
-    return await _patch_finalizers(namespace, name, uid, change)
+    return await _patch_finalizers(namespace, name, uid, change, known, known_version)
 
 
 async def remove_finalizer(namespace: str, name: str, uid: str, finalizer: str) -> None:

@@ -129,7 +129,11 @@ class Written:
 @dataclass
 class Reconciler:
     rt: controller.Runtime
-    index: Mapping[str, Iterable[QueueEntry]]
+    # What the queue needs about every AgentTest, by uid: listed at start (`seed`),
+    # then kept from the watch. Not a kopf index: kopf holds every object's
+    # handlers until every object is indexed, and with a thousand tests present
+    # its wake-ups alone took 15-20 s before the first step.
+    index: dict[str, QueueEntry] = field(default_factory=dict)
     queue: WorkQueue = field(default_factory=WorkQueue)
     # The latest body of a test in line because of an event, and of a test
     # holding an execution (stepped every poll); other tests keep none here.
@@ -145,7 +149,21 @@ class Reconciler:
     # ------------------------------------------------------------------ events
 
     def entries(self) -> list[QueueEntry]:
-        return [entry for store in self.index.values() for entry in store]
+        return list(self.index.values())
+
+    async def seed(self, namespaces: Iterable[str]) -> int:
+        """Every AgentTest there is, before anything starts: the queue must know them all
+        (the running ones above all) before it hands out a slot. Returns how many.
+
+        The watch then reports each of them too. One deleted between this listing
+        and the watch's is looked at once and forgotten (its GET answers 404).
+        """
+        async for body in kubeapi.list_agenttests(tuple(namespaces)):
+            entry = queue_entry(body)
+            self.index[entry.uid] = entry
+            if entry.phase is None or entry.phase != Phase.QUEUED:
+                self.queue.add(entry.uid)
+        return len(self.index)
 
     def status_of(self, uid: str, body: Body) -> AgentTestStatus:
         """The status we last wrote (the body can lag a watch event behind), else the body's."""
@@ -162,6 +180,7 @@ class Reconciler:
             self.forget(uid)
             self.dispatch_wanted.set()  # it may have held a slot
             return
+        self.index[uid] = queue_entry(body)
         version = str(meta.get("resourceVersion") or "")
         written = self.written.get(uid)
         if written is not None and (
@@ -215,6 +234,7 @@ class Reconciler:
         return queueview.to_json(rows, current.running, current.limit, now)
 
     def forget(self, uid: str) -> None:
+        self.index.pop(uid, None)
         self.queue.forget(uid)
         self.bodies.pop(uid, None)
         self.held.pop(uid, None)
@@ -255,7 +275,7 @@ class Reconciler:
         body = self.bodies.pop(uid, None) or self.held.get(uid)
         if body is not None:
             return body
-        entry = next(iter(self.index.get(uid, ())), None)
+        entry = self.index.get(uid)
         if entry is None:
             return None
         try:
@@ -410,11 +430,14 @@ class Reconciler:
     async def _hold(self, uid: str, body: Body) -> bool:
         """Our finalizer on the test before anything is launched for it; False: it is going."""
         meta = body.get("metadata") or {}
-        if FINALIZER in (meta.get("finalizers") or []):
+        listed = [str(item) for item in meta.get("finalizers") or []]
+        if FINALIZER in listed:
             return True
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         try:
-            return await kubeapi.add_finalizer(namespace, name, uid, FINALIZER)
+            # Tried with the finalizers the body shows first; read again only if they changed.
+            version = str(meta.get("resourceVersion") or "")
+            return await kubeapi.add_finalizer(namespace, name, uid, FINALIZER, listed, version)
         except kubeapi.Gone:
             return False
 

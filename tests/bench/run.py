@@ -786,6 +786,9 @@ def main() -> int:
     with devcluster.Cluster(devcluster.find_binaries()) as cluster, ScriptedModelServer() as model:
         cluster.install_crds(ROOT / "crds")
         config.load_kube_config(str(cluster.kubeconfig))
+        # One client for every call: a client per call kept a socket each (1,000 creates
+        # exhausted the descriptors, and the pod watch then failed unseen).
+        client.ApiClient.set_default(client.ApiClient())
         namespace = "bench"
         cluster.kubectl("create", "namespace", namespace)
         operator = Operator(
