@@ -46,6 +46,18 @@ def other(cluster: devcluster.Cluster) -> Iterator[Kube]:
     cluster.kubectl("delete", "agenttests", "--all", "-n", namespace, "--timeout=60s", check=False)
 
 
+def watching_both(start_operator: StartOperator, kube: Kube, other: Kube, **settings: Any) -> int:
+    """An operator over both namespaces, its HTTP port on loopback; returns the port."""
+    port = devcluster.free_port()
+    start_operator(
+        namespaces=f"{kube.namespace},{other.namespace}",
+        metrics_port=port,
+        http_host="127.0.0.1",
+        **settings,
+    )
+    return port
+
+
 def queue_document(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/queue", timeout=10) as response:
         return dict(json.loads(response.read()))
@@ -97,13 +109,7 @@ def test_a_crowded_namespace_does_not_starve_a_quiet_one(
     start_operator: StartOperator,
     model_server: ScriptedModelServer,
 ) -> None:
-    port = devcluster.free_port()
-    start_operator(
-        max_running=1,
-        namespaces=f"{kube.namespace},{other.namespace}",
-        metrics_port=port,
-        http_host="127.0.0.1",
-    )
+    port = watching_both(start_operator, kube, other, max_running=1)
     kube.apply(agent_test("crowd-0", sleeping_agent(120), model_server.url))
     kube.wait_for_phase("crowd-0", "Building", "Running")
     kube.apply(*[agent_test(f"crowd-{i}", SIMPLE_AGENT, model_server.url) for i in range(1, 6)])
@@ -153,14 +159,7 @@ def test_a_namespace_cap_holds_back_only_that_namespace(
     start_operator: StartOperator,
     model_server: ScriptedModelServer,
 ) -> None:
-    port = devcluster.free_port()
-    start_operator(
-        max_running=5,
-        max_running_per_namespace=1,
-        namespaces=f"{kube.namespace},{other.namespace}",
-        metrics_port=port,
-        http_host="127.0.0.1",
-    )
+    port = watching_both(start_operator, kube, other, max_running=5, max_running_per_namespace=1)
     kube.apply(*[agent_test(f"capped-{i}", sleeping_agent(30), model_server.url) for i in range(2)])
     kube.wait_for_phase("capped-0", "Building", "Running")
     other.apply(agent_test("free", SIMPLE_AGENT, model_server.url))
