@@ -201,7 +201,7 @@ async def _try_launch(
 
     claim = await rt.scheduler.claim(test.uid, indexed, now)
     if not claim.taken:
-        return lifecycle.queue_position(status, claim.position)
+        return lifecycle.queue_position(status, claim.position, now)
     try:
         held = await hold()
     except Exception:

@@ -139,8 +139,16 @@ def admit(status: AgentTestStatus, backend: Backend) -> AgentTestStatus:
     )
 
 
-def queue_position(status: AgentTestStatus, position: int | None) -> AgentTestStatus:
-    return status.model_copy(update={"queue_position": position})
+def queue_position(
+    status: AgentTestStatus, position: int | None, now: datetime.datetime
+) -> AgentTestStatus:
+    """Still waiting, at `position`; a retry backoff that is over is dropped: from now on
+    the test waits for a slot like any other."""
+    update: dict[str, Any] = {"queue_position": position}
+    retry_at = parse_timestamp(status.retry_after)
+    if retry_at is not None and retry_at <= now:
+        update["retry_after"] = None
+    return status.model_copy(update=update)
 
 
 def launched(

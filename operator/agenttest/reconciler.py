@@ -314,7 +314,9 @@ class Reconciler:
             if retry_at is not None and retry_at > now:
                 self.queue.add_after(uid, (retry_at - now).total_seconds())
             elif retry_at is not None:
-                self.dispatch_wanted.set()  # its backoff is over: it starts when a slot is free
+                # Its backoff ended while the step ran: look again now. That step
+                # drops the backoff if no slot is free (lifecycle.queue_position).
+                self.queue.add(uid)
             return
         enabled = bool((body.get("spec") or {}).get("package", {}).get("enabled", True))
         if lifecycle.needs_package(status, enabled) or lifecycle.needs_report(status):

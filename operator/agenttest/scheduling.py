@@ -237,6 +237,12 @@ class Scheduler:
                 # New since the plan and a slot is free: who gets it must be decided fairly.
                 current = self.fresh_plan(indexed, now)
                 positions = current.positions
+            elif uid in positions and uid not in current.startable:
+                waited = current.order[positions[uid] - 1].entry.not_before
+                if waited is not None and waited <= now:
+                    # Its backoff ended since the plan was made, which saw it backing off.
+                    current = self.fresh_plan(indexed, now)
+                    positions = current.positions
             if uid in current.startable:
                 self._remember(uid, Phase.BUILDING, None, Phase.QUEUED)
                 self._claims += 1

@@ -66,10 +66,17 @@ def test_clearing_cancel_on_a_cancelled_test_runs_it_again() -> None:
 
 
 def test_launch_leaves_the_queue_and_records_the_execution() -> None:
-    status = lifecycle.queue_position(started(), None)
+    status = lifecycle.queue_position(started(), None, at(0))
     assert status.phase == Phase.BUILDING
     assert status.execution is not None and status.execution.id == "exec-1"
     assert status.execution.started_at == "2026-01-01T12:00:00Z"
+
+
+def test_a_backoff_that_is_over_is_dropped_while_the_test_waits_for_a_slot() -> None:
+    backing_off = AgentTestStatus(phase=Phase.QUEUED, retry_after="2026-01-01T12:00:05Z")
+    assert lifecycle.queue_position(backing_off, 3, at(1)).retry_after is not None
+    waiting = lifecycle.queue_position(backing_off, 3, at(5))
+    assert (waiting.retry_after, waiting.queue_position) == (None, 3)
 
 
 def test_runner_running_marker_moves_building_to_running_only() -> None:

@@ -232,3 +232,17 @@ def test_claims_remember_which_namespace_was_served() -> None:
         return [w.entry.name for w in scheduler.view(lambda: later, NOW).order]
 
     assert asyncio.run(scenario()) == ["b", "a2"]
+
+
+def test_a_claim_after_a_backoff_ends_does_not_trust_the_plan_made_during_it() -> None:
+    scheduler = Scheduler(limit=1)
+    until = NOW + datetime.timedelta(seconds=0.1)  # within the plan's lifetime (PLAN_TTL)
+    index = [entry("retrying", not_before=until)]
+
+    async def claims() -> tuple[bool, bool]:
+        during = await scheduler.claim("retrying", lambda: index, NOW)
+        # A moment later the backoff is over.
+        after = await scheduler.claim("retrying", lambda: index, until)
+        return during.taken, after.taken
+
+    assert asyncio.run(claims()) == (False, True)
