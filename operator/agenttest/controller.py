@@ -199,7 +199,8 @@ async def _try_launch(
     except BackendUnavailable as error:
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
 
-    claim = await rt.scheduler.claim(test.uid, indexed, now)
+    waits_until = lifecycle.parse_timestamp(status.retry_after)
+    claim = await rt.scheduler.claim(test.uid, indexed, now, waits_until)
     if not claim.taken:
         return lifecycle.queue_position(status, claim.position, now)
     try:

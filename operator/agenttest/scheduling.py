@@ -221,7 +221,13 @@ class Scheduler:
                 return cached
         return self.fresh_plan(indexed, now)
 
-    async def claim(self, uid: str, indexed: Indexed, now: datetime.datetime) -> Claim:
+    async def claim(
+        self,
+        uid: str,
+        indexed: Indexed,
+        now: datetime.datetime,
+        not_before: datetime.datetime | None = None,
+    ) -> Claim:
         """Take a free slot for ``uid`` if the queue lets it start now.
 
         The slot is ours before the lock is released: a test that took one counts
@@ -231,6 +237,9 @@ class Scheduler:
             if self._written.get(uid, (None, None))[0] == Phase.BUILDING:
                 # Claimed by an earlier step whose status did not get written: still ours.
                 return Claim(True)
+            # The caller's test waits now, whatever the index still shows (a new attempt
+            # of a finished or superseded test is admitted and claims in one step).
+            self._remember(uid, Phase.QUEUED, not_before, None)
             current = self.plan(indexed, now)
             positions = current.positions
             if uid not in positions and current.running < self.limit:

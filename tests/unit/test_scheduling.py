@@ -240,9 +240,17 @@ def test_a_claim_after_a_backoff_ends_does_not_trust_the_plan_made_during_it() -
     index = [entry("retrying", not_before=until)]
 
     async def claims() -> tuple[bool, bool]:
-        during = await scheduler.claim("retrying", lambda: index, NOW)
+        during = await scheduler.claim("retrying", lambda: index, NOW, until)
         # A moment later the backoff is over.
-        after = await scheduler.claim("retrying", lambda: index, until)
+        after = await scheduler.claim("retrying", lambda: index, until, until)
         return during.taken, after.taken
 
     assert asyncio.run(claims()) == (False, True)
+
+
+def test_a_new_attempt_claims_though_the_index_still_shows_it_finished() -> None:
+    # A retry of a finished test is admitted and claims in one step, before its
+    # status says Queued: the index still says Succeeded.
+    scheduler = Scheduler(limit=1)
+    index = [entry("again", Phase.SUCCEEDED)]
+    assert asyncio.run(scheduler.claim("again", lambda: index, NOW)).taken
