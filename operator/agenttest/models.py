@@ -29,6 +29,7 @@ MAX_TIMEOUT_SECONDS = 600
 # A year: the expiry daemon sleeps this long at most (an unbounded integer
 # overflows the event loop's timer), and nobody keeps a finished test longer.
 MAX_TTL_SECONDS = 365 * 24 * 3600
+DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 # One pip requirement: no whitespace (which would let one string carry a second
 # requirement or an option after it), no control, format or separator characters
 # (which could end the line in requirements.txt, or hide text in it), and no leading
@@ -518,7 +519,7 @@ class AgentTestSpec(ApiModel):
         default_factory=PackageSpec, description="Deployment packaging on success."
     )
     ttl_seconds_after_finished: int = Field(
-        default=604800,
+        default=DEFAULT_TTL_SECONDS,
         ge=0,
         le=MAX_TTL_SECONDS,
         description="Delete the finished test after this many seconds (default 7 days, "

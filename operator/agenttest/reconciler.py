@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from agenttest import controller, kubeapi, lifecycle, metrics, queueview, redaction
 from agenttest.models import (
+    DEFAULT_TTL_SECONDS,
     GROUP,
     MAX_TTL_SECONDS,
     RETRY_ANNOTATION,
@@ -54,7 +55,6 @@ FINALIZER = f"{GROUP}/finalizer"
 # A deletion whose cleanup keeps failing lets go after this many tries: the
 # sweeper stops what is left, and nothing stays stuck behind the finalizer.
 DELETE_TRIES = 10
-DEFAULT_TTL_SECONDS = 604800
 
 Body = Mapping[str, Any]
 
