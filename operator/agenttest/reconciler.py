@@ -424,6 +424,10 @@ class Reconciler:
         self.written[uid] = Written(version, new)
         if rt.scheduler.record(uid, old, new, rt.clock()):
             self.dispatch_wanted.set()  # a slot freed: the next test starts now
+        if new.queue_position is not None and new.queue_position != old.queue_position:
+            # An admission's position is an estimate when the plan was cached (a test
+            # admitted since is placed last); the writer corrects it after the interval.
+            self.positions_wanted.set()
         metrics.STATUS_WRITES.inc()
         if new.phase != old.phase:
             metrics.record_transition(old, new)
@@ -501,12 +505,13 @@ class Reconciler:
         """Rewrite changed queue positions, at most once per interval per test, first first."""
         settings = self.rt.settings
         while True:
+            # Cleared before the round: a wish made while it writes is kept for the next.
+            self.positions_wanted.clear()
             try:
                 wait = await self.write_positions()
             except Exception:
                 logger.exception("writing queue positions failed")
                 wait = settings.queue_position_interval
-            self.positions_wanted.clear()
             timeout = None if wait is None else max(wait, 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.positions_wanted.wait(), timeout)
@@ -525,6 +530,7 @@ class Reconciler:
         )
         for entry, position in due:
             if self.queue.busy(entry.uid) or self.queue.scheduled(entry.uid) == 0.0:
+                wait = 0.0 if wait is None else min(wait, 1.0)  # looked at again next round
                 continue  # a step is deciding about it right now
             try:
                 await kubeapi.patch_agenttest_status(
