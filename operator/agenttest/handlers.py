@@ -53,8 +53,8 @@ async def configure(
     settings.persistence.finalizer = f"kopf.{GROUP}/unused"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase(prefix=GROUP, key="diffbase")
-    # Only our own Events (phase transitions) and kopf's warnings reach the resource.
-    settings.posting.level = logging.WARNING
+    # Events are the operator's own (`events`), under its name; kopf posts none.
+    settings.posting.enabled = False
     # kopf says "Handler 'observe' succeeded" for every watch event: thousands a minute.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
@@ -62,6 +62,8 @@ async def configure(
     rt = memo["runtime"] = await wiring.runtime(config)
     core = memo["reconciler"] = reconciler.Reconciler(rt)
     known = await core.seed(config.namespaces)
+    # Steps start now, with what the listing gave, not after kopf's own listing.
+    core.start()
     if config.metrics_port:
         memo["http"] = await httpserver.serve(
             config.metrics_port, core.queue_document, host=config.http_host
@@ -103,7 +105,4 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, AGENTTEST_PLURAL)
 async def observe(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     core: reconciler.Reconciler = memo["reconciler"]
-    # Started from here rather than at startup: kopf.event needs the context kopf
-    # sets for its handlers (its Event poster), which startup handlers lack.
-    core.start()
     core.observe(event.get("type"), body)

@@ -290,6 +290,20 @@ async def read_secret(namespace: str, name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (secret.data or {}).items()}
 
 
+async def create_event(namespace: str, body: dict[str, Any]) -> None:
+    """Post a core/v1 Event; the answer is not read into a model (nobody uses it)."""
+    from kubernetes import client
+
+    api: Any = client.CoreV1Api()  # the stubs know no dict body and no raw answer
+
+    def invoke() -> None:
+        response = api.create_namespaced_event(namespace, body, _preload_content=False)
+        response.read()  # drained, the connection goes back to the pool
+        response.release_conn()
+
+    await call(invoke)
+
+
 async def create_secret(namespace: str, body: dict[str, Any]) -> None:
     from kubernetes import client
 

@@ -20,6 +20,7 @@ from pydantic.config import JsonDict, JsonValue
 GROUP = "agenttest.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+AGENTTEST_KIND = "AgentTest"
 AGENTTEST_PLURAL = "agenttests"
 PACKAGE_PLURAL = "deploymentpackages"
 

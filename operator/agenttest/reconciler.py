@@ -11,7 +11,8 @@ Nothing happens for a test unless something about it changed. A step
 * its retry backoff or `ttlSecondsAfterFinished` runs out.
 
 A queued test that nothing happens to costs no work at all: its place in the
-queue is derived from the kopf index when it is needed, and its
+queue is derived from the index (every AgentTest, listed at start and kept
+from the watch) when it is needed, and its
 `status.queuePosition` is rewritten only when it changed, at most once per
 `queue_position_interval`, the first positions first (`write_positions`).
 
@@ -33,10 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from agenttest import controller, kubeapi, lifecycle, metrics, queueview, redaction
+from agenttest import controller, events, kubeapi, lifecycle, metrics, queueview, redaction
 from agenttest.models import (
     DEFAULT_TTL_SECONDS,
     GROUP,
@@ -145,6 +145,7 @@ class Reconciler:
     dispatch_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     positions_wanted: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    poster: events.EventPoster = field(default_factory=events.EventPoster)
 
     # ------------------------------------------------------------------ events
 
@@ -162,6 +163,7 @@ class Reconciler:
             entry = queue_entry(body)
             self.index[entry.uid] = entry
             if entry.phase is None or entry.phase != Phase.QUEUED:
+                self.bodies[entry.uid] = body  # its step needs no GET
                 self.queue.add(entry.uid)
         return len(self.index)
 
@@ -253,10 +255,12 @@ class Reconciler:
             self.tasks.append(asyncio.create_task(self._work_forever(), name=f"worker-{number}"))
         self.tasks.append(asyncio.create_task(self._dispatch_forever(), name="dispatch"))
         self.tasks.append(asyncio.create_task(self._positions_forever(), name="positions"))
+        self.poster.start()
 
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        self.poster.stop()
 
     async def _work_forever(self) -> None:
         while True:
@@ -370,7 +374,7 @@ class Reconciler:
         step = await controller.reconcile(rt, test, self.entries, hold)
         written = await self.write_status(uid, body, old, step.status)
         # The step's Events first: storing a report and packaging take S3 round trips.
-        _post_events(body, old, written, step.transitions)
+        _post_events(self.poster, body, old, written, step.transitions)
         if written.phase == Phase.ERROR and step.status.phase != Phase.ERROR:
             # The status was refused for its size and replaced by an Error.
             await controller.stop(
@@ -392,7 +396,7 @@ class Reconciler:
     ) -> AgentTestStatus:
         written = await self.write_status(uid, body, old, new)
         if written.phase != old.phase or written.message != old.message:
-            _post_events(body, old, written, [(Phase.ERROR, written.message or "")])
+            _post_events(self.poster, body, old, written, [(Phase.ERROR, written.message or "")])
         return written
 
     async def write_status(
@@ -555,30 +559,33 @@ def _brief(error: ValidationError) -> str:
 
 
 def _post_events(
-    raw: Body,
+    poster: events.EventPoster,
+    body: Body,
     old: AgentTestStatus,
     new: AgentTestStatus,
     transitions: list[tuple[Phase, str]],
 ) -> None:
-    body = kopf.Body(dict(raw))  # type: ignore[arg-type]  # a RawBody is a plain dict
+    meta = body.get("metadata") or {}
+    namespace, name, uid = (str(meta.get(key)) for key in ("namespace", "name", "uid"))
+
+    def post(kind: str, reason: str, message: str) -> None:
+        poster.post(events.Event(namespace, name, uid, kind, reason, message))
+
     if new.forged_lines and not old.forged_lines:
-        message = (
+        post(
+            "Warning",
+            events.FORGED_OUTPUT,
             f"{new.forged_lines} line(s) of the execution's output posed as the judge's "
-            "machine lines without its signature and were ignored"
+            "machine lines without its signature and were ignored",
         )
-        kopf.event(body, type="Warning", reason="ForgedOutput", message=message)
     flaky = lifecycle.flaky_cases(new)
     if flaky and new.phase is not None and new.phase.finished and new.phase != old.phase:
         # Said even when the test passed: a gate that passes 4 times in 5 is news.
-        message = "flaky cases (some trials passed, some failed): " + ", ".join(flaky)
-        kopf.event(
-            body,
-            type="Warning",
-            reason="FlakyCases",
-            message=redaction.shown(message, redaction.EVENT_BYTES),
+        post(
+            "Warning",
+            events.FLAKY_CASES,
+            "flaky cases (some trials passed, some failed): " + ", ".join(flaky),
         )
     for phase, message in transitions:
         failed = phase in (Phase.FAILED, Phase.ERROR, Phase.TIMED_OUT)
-        kind = "Warning" if failed else "Normal"
-        shown = redaction.shown(message, redaction.EVENT_BYTES)
-        kopf.event(body, type=kind, reason=phase.value, message=shown)
+        post("Warning" if failed else "Normal", phase.value, message)

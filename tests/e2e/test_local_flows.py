@@ -81,11 +81,20 @@ def test_sample_reaches_succeeded_with_log_tail_and_cases(
     assert condition(test, "Succeeded")["reason"] == "Succeeded"
     assert "::agenttest::" not in status["logTail"], "machine lines stay out of the tail"
 
-    events = kube.run(
-        "get", "events", "--field-selector", "involvedObject.name=hello-agent", "-o", "json"
-    ).stdout
-    reasons = {event["reason"] for event in json.loads(events)["items"]}
-    assert {"Queued", "Building", "Succeeded"} <= reasons
+    def events() -> list[dict[str, Any]]:
+        listed = kube.run(
+            "get", "events", "--field-selector", "involvedObject.name=hello-agent", "-o", "json"
+        ).stdout
+        return list(json.loads(listed)["items"])
+
+    # Events are posted beside the step: the last may follow the status a moment later.
+    kube.wait_for("the Succeeded Event", lambda: any(e["reason"] == "Succeeded" for e in events()))
+    posted = events()
+    assert {"Queued", "Building", "Succeeded"} <= {event["reason"] for event in posted}
+    # Under the operator's name, which `kubectl describe` shows as From.
+    assert {event["source"]["component"] for event in posted} == {"agenttest-operator"}
+    described = kube.run("describe", "agenttest", "hello-agent").stdout
+    assert re.search(r"Normal\s+Succeeded\s+\S+\s+agenttest-operator\s", described), described
 
     # `kubectl wait` understands the Ready condition.
     kube.run("wait", "--for=condition=Ready", "agenttest/hello-agent", "--timeout=5s")
