@@ -397,6 +397,22 @@ def measure_queue_at_scale(
                 raise RuntimeError(f"{unpositioned()} tests never showed a queue position")
             time.sleep(0.5)
         all_queued = time.monotonic()
+
+        def queued_events() -> int:
+            return sum(
+                1
+                for namespace in namespaces
+                for event in client.CoreV1Api()
+                .list_namespaced_event(namespace, field_selector="reason=Queued")
+                .items
+            )
+
+        # Each admission's Queued Event, posted in the background, is admission work too.
+        while queued_events() < count:
+            if time.monotonic() - last_create > 900:
+                raise RuntimeError(f"only {queued_events()} Queued Events were posted")
+            time.sleep(1)
+        events_posted = time.monotonic()
         time.sleep(5)  # the last position writes and their echoes settle
         cpu_before, steady, idle_from = cpu_seconds(pid), time.monotonic(), time.time()
         time.sleep(30)
@@ -417,6 +433,7 @@ def measure_queue_at_scale(
                 "idle_cpu_cores": round(cpu_share, 4),
                 "create_seconds": round(last_create - began, 1),
                 "all_queued_after_last_create_seconds": round(all_queued - last_create, 1),
+                "queued_events_after_last_create_seconds": round(events_posted - last_create, 1),
                 "api_writes_per_test": {
                     "mean": round(statistics.fmean(writes), 2),
                     "max": max(writes),
