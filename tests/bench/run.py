@@ -10,7 +10,17 @@ model, the operator as a subprocess with the local backend.
   watch event whose status.logTail holds it;
 * API writes per test: the watch events (each one a write) of those tests;
 * memory: the operator's peak RSS with 500 AgentTests present, all queued
-  (limit 0), which keeps every per-test timer alive: the worst case.
+  (limit 0).
+
+At scale (issue 12), one operator over three namespaces:
+
+* 5,000 AgentTests created 9 at a time, all queued (limit 0): peak RSS, idle
+  CPU once every position and Queued Event is out, the time from the last
+  create until every test shows Queued with a position, API writes per test
+  (watch versions, the create included) and per second, writes while idle;
+* admissions: 1,000 pod-backend tests created while the operator is stopped,
+  no node (pods stay Pending), then the operator started with limit 1,000:
+  operator start -> first pod, and pods created per second until all exist.
 
 The runner (no control plane): the model gateway's added latency per call against
 the scripted model (gateway.py), and the time from launching the runner to its
@@ -824,6 +834,8 @@ def main() -> int:
         record(results, measure_packaging(cluster, work, model.url))
         record(results, measure_pods(cluster, work, model.url))
         record(results, measure_takeover(cluster, work, model.url))
+        record(results, measure_queue_at_scale(cluster, work, model.url))
+        record(results, measure_admissions(cluster, work, model.url))
         results["targets"] = {
             "start_p95_seconds": 1.0,
             "log_tail_p95_seconds": 2.0,
