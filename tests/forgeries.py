@@ -294,9 +294,4 @@ def assert_all_failed(kube: Any, forgeries: list[Forgery], timeout: float = 180)
 
 
 def forged_output_events(kube: Any, name: str) -> list[dict[str, Any]]:
-    events = json.loads(
-        kube.run(
-            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
-        ).stdout
-    )["items"]
-    return [e for e in events if e["reason"] == "ForgedOutput"]
+    return list(kube.events(name, "ForgedOutput"))

@@ -14,7 +14,6 @@ with an error (throttling, a 5xx) before passing them on again.
 
 from __future__ import annotations
 
-import http.client
 import threading
 import uuid
 from collections import deque
@@ -22,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+from agenttest_dev.awsfaults import forward, read_body
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -98,13 +97,13 @@ class S3PolicyProxy:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         url = urlsplit(request.path)
         bucket, _, key = url.path.lstrip("/").partition("/")
-        body = self._read_body(request)
+        body = read_body(request)
         method = request.command
         refused = self._refusal(method, bucket, key, parse_qs(url.query))
         if refused is not None:
             self._answer(request, method, key, refused[0], error_body(*refused[1:]))
             return
-        status, headers, content = self._forward(request, body)
+        status, headers, content = forward(self.upstream, request, body)
         if status == 404 and key and method in ("HEAD", "GET"):
             # A missing key, to a caller without s3:ListBucket on the bucket.
             self._answer(request, method, key, 403, error_body("AccessDenied", "Access Denied"))
@@ -128,41 +127,6 @@ class S3PolicyProxy:
         if method == "GET" and any(p.startswith(self.prefix) for p in query.get("prefix", [])):
             return None  # ListBucket with s3:prefix under the packages prefix
         return 403, "AccessDenied", "Access Denied"
-
-    def _read_body(self, request: BaseHTTPRequestHandler) -> bytes:
-        if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(request.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while request.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(chunks)
-                chunks.append(request.rfile.read(size))
-                request.rfile.readline()
-        length = int(request.headers.get("Content-Length") or 0)
-        return request.rfile.read(length) if length else b""
-
-    def _forward(
-        self, request: BaseHTTPRequestHandler, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        connection = http.client.HTTPConnection(
-            self.upstream.hostname or "127.0.0.1", self.upstream.port, timeout=30
-        )
-        headers = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
-        }
-        headers["Content-Length"] = str(len(body))
-        try:
-            connection.request(request.command, request.path, body=body, headers=headers)
-            response = connection.getresponse()
-            content = response.read()
-            kept = [(n, v) for n, v in response.getheaders() if n.lower() not in HOP_BY_HOP]
-            return response.status, kept, content
-        finally:
-            connection.close()
 
     def _answer(
         self,

@@ -49,6 +49,14 @@ class Kube:
     def get_all(self, kind: str = "agenttests") -> list[dict[str, Any]]:
         return list(json.loads(self.run("get", kind, "-o", "json").stdout)["items"])
 
+    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+        """The Events about the object ``name`` in this namespace (with ``reason`` only)."""
+        listed = self.run(
+            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
+        ).stdout
+        items = json.loads(listed)["items"]
+        return [event for event in items if reason is None or event["reason"] == reason]
+
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         self.run("patch", "agenttest", name, "--type=merge", "-p", json.dumps(patch))
 

@@ -100,7 +100,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         sweeper.cancel()
     core = memo.get("reconciler")
     if isinstance(core, reconciler.Reconciler):
-        core.stop()
+        await core.stop()
     http = memo.get("http")
     if isinstance(http, httpserver.HttpServer):
         await http.stop()

@@ -257,9 +257,12 @@ class Reconciler:
         self.tasks.append(asyncio.create_task(self._positions_forever(), name="positions"))
         self.poster.start()
 
-    def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop stepping; give the Events already said up to ``grace`` seconds to go out."""
         for task in self.tasks:
             task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.poster.drain(), grace)
         self.poster.stop()
 
     async def _work_forever(self) -> None:

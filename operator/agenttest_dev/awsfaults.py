@@ -34,9 +34,50 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's body, whether sent with a length or in chunks (boto3 streams some)."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks: list[bytes] = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+def forward(
+    upstream: SplitResult, handler: BaseHTTPRequestHandler, body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send the request on to ``upstream`` (moto) as it came; its status, headers and body."""
+    connection = http.client.HTTPConnection(
+        upstream.hostname or "127.0.0.1", upstream.port, timeout=60
+    )
+    headers = {
+        name: value
+        for name, value in handler.headers.items()
+        if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
+    }
+    headers["Content-Length"] = str(len(body))
+    try:
+        connection.request(handler.command, handler.path, body=body, headers=headers)
+        response = connection.getresponse()
+        content = response.read()
+        kept = [(n, v) for n, v in response.getheaders() if n.lower() not in HOP_BY_HOP]
+        return response.status, kept, content
+    finally:
+        connection.close()
+
+
 CREDENTIAL_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 
 # What each service answers when it is overloaded or failing, per protocol.
@@ -279,11 +320,11 @@ class AwsFaults:
         return None
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = self._read_body(handler)
+        body = read_body(handler)
         request = identify(handler.command, handler.path, handler.headers, body)
         fault = self._fault_for(request)
         if fault is None or fault.after:
-            status, headers, content = self._forward(handler, body)
+            status, headers, content = forward(self.upstream, handler, body)
         if fault is not None:
             status = fault.status
             content, content_type = error_answer(
@@ -298,42 +339,6 @@ class AwsFaults:
         with self._lock:
             self.answered.append((request.service, request.operation, status))
         self._answer(handler, status, headers, content)
-
-    @staticmethod
-    def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
-        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(chunks)
-                chunks.append(handler.rfile.read(size))
-                handler.rfile.readline()
-        length = int(handler.headers.get("Content-Length") or 0)
-        return handler.rfile.read(length) if length else b""
-
-    def _forward(
-        self, handler: BaseHTTPRequestHandler, body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        connection = http.client.HTTPConnection(
-            self.upstream.hostname or "127.0.0.1", self.upstream.port, timeout=60
-        )
-        headers = {
-            name: value
-            for name, value in handler.headers.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"
-        }
-        headers["Content-Length"] = str(len(body))
-        try:
-            connection.request(handler.command, handler.path, body=body, headers=headers)
-            response = connection.getresponse()
-            content = response.read()
-            kept = [(n, v) for n, v in response.getheaders() if n.lower() not in HOP_BY_HOP]
-            return response.status, kept, content
-        finally:
-            connection.close()
 
     @staticmethod
     def _answer(

@@ -10,7 +10,6 @@ its log tail whole, its report stored and its package published once.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -91,12 +90,7 @@ def settled(kube: Kube, name: str) -> dict[str, Any]:
 
 
 def event_reasons(kube: Kube, name: str) -> list[str]:
-    items = json.loads(
-        kube.run(
-            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
-        ).stdout
-    )["items"]
-    return [event["reason"] for event in items]
+    return [event["reason"] for event in kube.events(name)]
 
 
 def assert_clear_sky_outcome(

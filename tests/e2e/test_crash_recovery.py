@@ -10,7 +10,6 @@ with at most one package, and a deleted test goes away with nothing left running
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,12 +58,7 @@ def records(state_dir: Path) -> list[str]:
 
 def events(kube: Kube, name: str) -> list[str]:
     """The reasons of the Events about the test `name`, one entry per Event (and repeat)."""
-    items = json.loads(
-        kube.run(
-            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
-        ).stdout
-    )["items"]
-    return [event["reason"] for event in items for _ in range(event.get("count") or 1)]
+    return [event["reason"] for event in kube.events(name) for _ in range(event.get("count") or 1)]
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:

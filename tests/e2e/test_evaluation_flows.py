@@ -99,15 +99,6 @@ def failures_by_case(status: dict[str, Any]) -> dict[str, list[str]]:
     return {case["name"]: case["failures"] for case in status["cases"]}
 
 
-def events(kube: Kube, name: str, reason: str) -> list[dict[str, Any]]:
-    items = json.loads(
-        kube.run(
-            "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
-        ).stdout
-    )["items"]
-    return [event for event in items if event["reason"] == reason]
-
-
 def test_every_expectation_passes_and_fails_for_the_reason_it_names(
     kube: Kube, start_operator: StartOperator, model: ScriptedModelServer
 ) -> None:
@@ -212,7 +203,7 @@ def test_trials_give_the_exact_pass_rate_interval_and_a_flaky_warning(
         assert "60% of 5 trials" in status["summary"]
         # Named in a Warning Event, even when the test passed.
         [event] = kube.wait_for(
-            f"the FlakyCases event of {name}", lambda n=name: events(kube, n, "FlakyCases")
+            f"the FlakyCases event of {name}", lambda n=name: kube.events(n, "FlakyCases")
         )
         assert event["type"] == "Warning" and "italy 3/5" in event["message"]
     # The interval is the Wilson score interval, not the normal approximation.

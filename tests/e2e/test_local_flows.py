@@ -81,15 +81,9 @@ def test_sample_reaches_succeeded_with_log_tail_and_cases(
     assert condition(test, "Succeeded")["reason"] == "Succeeded"
     assert "::agenttest::" not in status["logTail"], "machine lines stay out of the tail"
 
-    def events() -> list[dict[str, Any]]:
-        listed = kube.run(
-            "get", "events", "--field-selector", "involvedObject.name=hello-agent", "-o", "json"
-        ).stdout
-        return list(json.loads(listed)["items"])
-
     # Events are posted beside the step: the last may follow the status a moment later.
-    kube.wait_for("the Succeeded Event", lambda: any(e["reason"] == "Succeeded" for e in events()))
-    posted = events()
+    kube.wait_for("the Succeeded Event", lambda: kube.events("hello-agent", "Succeeded"))
+    posted = kube.events("hello-agent")
     assert {"Queued", "Building", "Succeeded"} <= {event["reason"] for event in posted}
     # Under the operator's name, which `kubectl describe` shows as From.
     assert {event["source"]["component"] for event in posted} == {"agenttest-operator"}

@@ -238,10 +238,7 @@ def kubectl_with(
 
 
 def event_reasons(kube: Kube, name: str) -> set[str]:
-    events = kube.run(
-        "get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json"
-    ).stdout
-    return {event["reason"] for event in json.loads(events)["items"]}
+    return {event["reason"] for event in kube.events(name)}
 
 
 def test_operator_runs_with_only_its_service_account(
