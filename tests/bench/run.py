@@ -116,6 +116,7 @@ class Recorder:
         self.events: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         self.lock = threading.Lock()
         self._stop = watch.Watch()
+        self._stopped = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -129,11 +130,15 @@ class Recorder:
             self.plural,
             timeout_seconds=3600,
         )
-        with contextlib.suppress(Exception):  # the server goes away at the end of the run
+        try:
             for event in stream:
                 obj = event["object"]
                 with self.lock:
                     self.events[obj["metadata"]["name"]].append((time.time(), obj))
+        except Exception as error:
+            if not self._stopped:  # the server goes away at the end of the run: expected
+                # A silent recorder reads as "never happened": say why it went deaf.
+                print(f"the {self.plural} watch ended: {error!r}", file=sys.stderr, flush=True)
 
     def phase(self, name: str) -> str | None:
         with self.lock:
@@ -148,6 +153,7 @@ class Recorder:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        self._stopped = True
         self._stop.stop()
 
 
@@ -544,7 +550,16 @@ def measure_packaging(cluster: devcluster.Cluster, work: Path, endpoint: str) ->
                     if ready:
                         break
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{name} was never packaged")
+                        shown = client.CustomObjectsApi().list_namespaced_custom_object(
+                            GROUP, VERSION, namespace, "deploymentpackages"
+                        )["items"]
+                        test = client.CustomObjectsApi().get_namespaced_custom_object(
+                            GROUP, VERSION, namespace, PLURAL, name
+                        )
+                        raise RuntimeError(
+                            f"{name} was never packaged; its status: {test.get('status')}; "
+                            f"packages: {[p.get('status') for p in shown]}"
+                        )
                     time.sleep(0.01)
                 with tests.lock:
                     succeeded = next(
