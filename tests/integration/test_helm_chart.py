@@ -206,7 +206,6 @@ OVERRIDES = {
         "package_bucket": "packages-bucket",
         "fargate_subnets": ["subnet-a", "subnet-b"],
         "leader_lease": "agenttest-leader",
-        "namespaces": ["team-a", "team-b"],
     },
     "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
     "rbac": {"scope": "namespaced", "namespaces": [WATCHED, "default"]},
@@ -227,8 +226,7 @@ def overrides_file(tmp_path: Path, values: dict[str, Any]) -> str:
 
 
 def test_overrides_reach_the_operator(helm: Path, tmp_path: Path) -> None:
-    values = copy.deepcopy(OVERRIDES)
-    del values["settings"]["namespaces"]  # namespaced scope: rbac.namespaces decides
+    values = OVERRIDES
     chart = by_key(documents(template(helm, "-f", overrides_file(tmp_path, values))))
     deployment = chart[("Deployment", SYSTEM_NAMESPACE, "agenttest-operator")]
     assert deployment["spec"]["replicas"] == 3
@@ -299,9 +297,7 @@ def test_rendered_chart_applies_to_the_api_server(
     elif variant == "namespaced":
         text = template(helm, *NAMESPACED)
     else:
-        values = copy.deepcopy(OVERRIDES)
-        del values["settings"]["namespaces"]
-        text = template(helm, "-f", overrides_file(tmp_path, values))
+        text = template(helm, "-f", overrides_file(tmp_path, OVERRIDES))
     # Server-side: every field validated (strict), admission run, the pod
     # template under the operator namespace's restricted Pod Security profile;
     # no warning (unknown field, Pod Security, deprecated API) may come back.
@@ -329,6 +325,10 @@ def test_rendered_chart_applies_to_the_api_server(
         ),
         (("--set", "rbac.scope=namespaced"), "needs rbac.namespaces"),
         (("--set", "rbac.scope=everywhere"), "scope"),
+        (
+            ("--set", "settings.max_running=4", "--set", "extraEnv[0].name=AGENTTEST_MAX_RUNNING"),
+            "extraEnv AGENTTEST_MAX_RUNNING is also set",
+        ),
     ],
     ids=[
         "unknown-setting",
@@ -339,6 +339,7 @@ def test_rendered_chart_applies_to_the_api_server(
         "namespaces-twice",
         "namespaced-without-namespaces",
         "unknown-scope",
+        "variable-set-twice",
     ],
 )
 def test_values_it_cannot_honour_are_refused(

@@ -70,6 +70,17 @@ The container's AGENTTEST_* variables: what the chart owns, then every key of
 {{- fail (printf "settings.%s is set by the chart: %s" $name (get $owned $name)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* A variable set twice is refused by the API server only as a warning,
+       and the last one wins: refuse it here, naming both places. */ -}}
+{{- range .Values.extraEnv -}}
+{{- $setting := lower (trimPrefix "AGENTTEST_" .name) -}}
+{{- if and (hasPrefix "AGENTTEST_" .name) (or (hasKey $owned $setting) (hasKey $.Values.settings $setting)) -}}
+{{- fail (printf "extraEnv %s is also set from settings or by the chart: set it in one place" .name) -}}
+{{- end -}}
+{{- if has .name (list "POD_NAME" "HOME") -}}
+{{- fail (printf "extraEnv %s is set by the chart" .name) -}}
+{{- end -}}
+{{- end -}}
 - name: AGENTTEST_LEADER_ELECTION
   value: "true"
 - name: AGENTTEST_METRICS_PORT
