@@ -9,7 +9,9 @@ Binaries are looked up, in order:
   2. the per-user cache (`~/.cache/agenttest/kubernetes-<version>/bin`),
   3. built once from the pinned Kubernetes Go modules into that cache.
 etcd comes from PATH / `/usr/bin/etcd` (Debian's `etcd-server`), which the
-project's `make cluster` target installs when running as root.
+project's `make cluster` target installs when running as root. `build` also
+builds the pinned helm (`~/.cache/agenttest/helm-<version>/bin`), which the
+chart's tests use.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from pathlib import Path
 # 1.34 has everything the CRDs use (CEL messageExpression, fieldPath, reason).
 KUBERNETES_VERSION = os.environ.get("AGENTTEST_K8S_VERSION", "v1.34.4")
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
+# Helm, for the chart in manifests/helm (its lint and render tests); built the
+# same way, once, into a cache directory of its own beside Kubernetes'.
+HELM_VERSION = os.environ.get("AGENTTEST_HELM_VERSION", "v3.22.0")
+HELM_MODULE = "helm.sh/helm/v3"
 
 
 class ClusterError(RuntimeError):
@@ -47,9 +53,16 @@ def log(message: str) -> None:
     print(f"[devcluster] {message}", file=sys.stderr, flush=True)
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agenttest"
+
+
 def cache_dir(version: str = KUBERNETES_VERSION) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "agenttest" / f"kubernetes-{version}"
+    return _cache_root() / f"kubernetes-{version}"
+
+
+def helm_cache_dir(version: str = HELM_VERSION) -> Path:
+    return _cache_root() / f"helm-{version}"
 
 
 # --------------------------------------------------------------------------
@@ -146,6 +159,53 @@ def build_kubernetes(version: str = KUBERNETES_VERSION) -> Path:
         )
     log(f"Kubernetes {version} binaries cached in {bin_dir}")
     return bin_dir
+
+
+def _require_go(what: str) -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise ClusterError(
+            f"{what} is not cached and Go is not installed: install Go "
+            "(https://go.dev/doc/install), then run `make tools`."
+        )
+    return go
+
+
+def build_helm(version: str = HELM_VERSION) -> Path:
+    """`go install` the pinned Helm into its cache directory; the binary's path."""
+    go = _require_go(f"helm {version}")
+    bin_dir = helm_cache_dir(version) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    # GOBIN: the binary lands in the cache, not in ~/go/bin. The version is
+    # stamped the way Helm's own release build does (`helm version` shows it).
+    env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(bin_dir)}
+    stamp = f"-X {HELM_MODULE}/internal/version.version={version}"
+    log(f"building helm {version} from its Go module (first time only, takes minutes)")
+    _run(
+        [
+            go,
+            "install",
+            "-trimpath",
+            "-ldflags",
+            f"-s -w {stamp}",
+            f"{HELM_MODULE}/cmd/helm@{version}",
+        ],
+        bin_dir,
+        env,
+    )
+    log(f"helm {version} cached in {bin_dir}")
+    return bin_dir / "helm"
+
+
+def find_helm(build: bool = True) -> Path:
+    """The pinned helm from the cache, built once if allowed (never one from PATH:
+    the chart's tests must not depend on whichever Helm a machine happens to have)."""
+    hit = _executable(helm_cache_dir() / "bin", "helm")
+    if hit:
+        return hit
+    if not build:
+        raise ClusterError(f"helm {HELM_VERSION} is missing: run `make tools` to build it")
+    return build_helm()
 
 
 def _executable(directory: Path | str | None, name: str) -> Path | None:
@@ -475,7 +535,7 @@ class Cluster:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The local Kubernetes control plane.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="find or build the binaries, print where they are")
+    sub.add_parser("build", help="find or build the binaries (helm too), print where they are")
     up = sub.add_parser("up", help="start a control plane and keep it running until Ctrl-C")
     up.add_argument("--crds", type=Path, help="install the CRDs from this directory")
     up.add_argument("--kubeconfig-link", type=Path, help="also copy the kubeconfig here")
@@ -485,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             for name, path in vars(binaries).items():
                 print(f"{name}: {path}")
+            print(f"helm: {find_helm()}")
             return 0
         with Cluster(binaries) as cluster:
             if args.crds:
