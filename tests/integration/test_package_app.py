@@ -19,11 +19,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -251,20 +254,24 @@ def test_service_meets_the_agentcore_runtime_contract(tmp_path: Path) -> None:
         assert status == 422, body
 
 
-def regression_suite(package: Path, url: str) -> subprocess.CompletedProcess[str]:
+def regression_suite(
+    package: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.regression ARGS`` in the package directory."""
     return subprocess.run(
-        [sys.executable, "-m", "tests.regression", "--url", url],
+        [sys.executable, "-m", "tests.regression", *args],
         cwd=package,
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
 def test_regression_suite_passes_against_the_tested_agent(tmp_path: Path) -> None:
     package = write_package(sample_input(), tmp_path)
     with ScriptedModelServer() as model, running_service(package, model.url) as base:
-        result = regression_suite(package, base)
+        result = regression_suite(package, "--url", base)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "2/2 cases passed"
     assert "FAIL" not in result.stdout
@@ -278,7 +285,7 @@ def test_regression_suite_fails_against_an_agent_giving_wrong_answers(tmp_path: 
         ScriptedModelServer.from_script(WRONG_ANSWERS) as model,
         running_service(package, model.url) as base,
     ):
-        result = regression_suite(package, base)
+        result = regression_suite(package, "--url", base)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line.strip() for line in result.stdout.splitlines()]
     assert 'contains "hello": not found in answer' in lines
@@ -287,9 +294,96 @@ def test_regression_suite_fails_against_an_agent_giving_wrong_answers(tmp_path: 
     assert lines[-1] == "0/2 cases passed"
 
 
+class DataPlaneStandIn(ThreadingHTTPServer):
+    """AgentCore's InvokeAgentRuntime on the wire, relaying each body to the package's
+    /invocations as the runtime would; records what the caller sent."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(("127.0.0.1", 0), DataPlaneHandler)
+        self.service = service
+        self.calls: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class DataPlaneHandler(BaseHTTPRequestHandler):
+    server: DataPlaneStandIn
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        path, _, query = self.path.partition("?")
+        self.server.calls.append(
+            {"path": urllib.parse.unquote(path), "query": query, "headers": dict(self.headers)}
+        )
+        status, answer = post(f"{self.server.service}/invocations", json.loads(body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+@contextlib.contextmanager
+def data_plane(service: str) -> Iterator[DataPlaneStandIn]:
+    server = DataPlaneStandIn(service)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+RUNTIME_ARN = f"arn:aws:bedrock-agentcore:eu-west-1:{ACCOUNT}:runtime/agent_hello_agent-a1b2c3d4e5"
+
+
+@pytest.mark.parametrize(("script", "exit_code"), [(None, 0), (WRONG_ANSWERS, 1)])
+def test_regression_suite_asks_an_agentcore_runtime_signed_a_session_per_case(
+    tmp_path: Path, script: list[dict[str, Any]] | None, exit_code: int
+) -> None:
+    package = write_package(sample_input(), tmp_path)
+    model_server = ScriptedModelServer.from_script(script) if script else ScriptedModelServer()
+    with (
+        model_server as model,
+        running_service(package, model.url) as base,
+        data_plane(base) as plane,
+    ):
+        result = regression_suite(
+            package,
+            *("--runtime-arn", RUNTIME_ARN, "--endpoint-url", plane.url),
+            env={
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            },
+        )
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"{2 if exit_code == 0 else 0}/2 cases passed"
+    assert len(plane.calls) == 2
+    sessions = set()
+    for call in plane.calls:
+        assert call["path"] == f"/runtimes/{RUNTIME_ARN}/invocations"
+        assert call["query"] == "qualifier=DEFAULT"
+        headers = {name.lower(): value for name, value in call["headers"].items()}
+        # SigV4 for the data plane, in the runtime's region.
+        credential = headers["authorization"].split("Credential=")[1].split(",")[0]
+        assert credential.startswith("testing/")
+        assert credential.endswith("/eu-west-1/bedrock-agentcore/aws4_request")
+        sessions.add(headers["x-amzn-bedrock-agentcore-runtime-session-id"])
+    assert len(sessions) == 2 and all(len(session) >= 33 for session in sessions)
+
+
 def test_regression_suite_fails_when_the_service_is_down(tmp_path: Path) -> None:
     package = write_package(sample_input(), tmp_path)
-    result = regression_suite(package, f"http://127.0.0.1:{free_port()}")
+    result = regression_suite(package, "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1
     assert "the service could not be reached" in result.stdout
 

@@ -98,3 +98,20 @@ def test_a_package_without_cases_fails_rather_than_passing_nothing(
     cases.write_text(json.dumps({"agentTest": "team-a/x", "cases": []}))
     assert regression.main(["--url", "http://127.0.0.1:9", "--cases", str(cases)]) == 1
     assert "no cases" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:s3:::a-bucket",
+        "arn:aws:bedrock-agentcore:eu-west-1:123:runtime/x",
+        "arn:aws:bedrock-agentcore:eu-west-1:123456789012:memory/x",
+    ],
+)
+def test_anything_but_a_runtime_arn_is_a_usage_error(
+    regression: ModuleType, arn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        regression.main(["--runtime-arn", arn])
+    assert exited.value.code == 2
+    assert "is not an AgentCore runtime ARN" in capsys.readouterr().err

@@ -2,12 +2,16 @@
 
     python -m tests.regression --url http://my-load-balancer.example.com
     python -m tests.regression --url http://127.0.0.1:8080 --cases tests/cases.json
+    python -m tests.regression --runtime-arn arn:aws:bedrock-agentcore:...:runtime/...
 
 Each case of tests/cases.json (written by agenttest-operator from the AgentTest's
-spec.cases) is sent once as ``POST <url>/invocations {"prompt": <query>}``, the
-endpoint this package's app.py serves on both ECS Fargate and AgentCore Runtime, and
-its answer is checked the way the operator's judge checks it. Exit status: 0 when
-every case passes, 1 when any fails (or cannot be asked), 2 on bad arguments.
+spec.cases) is sent once as ``{"prompt": <query>}``: with --url, to
+``POST <url>/invocations``, the endpoint this package's app.py serves wherever it
+runs; with --runtime-arn, through AgentCore's InvokeAgentRuntime (boto3, the usual
+AWS credentials, SigV4; a new session per case), which hands the same body to the
+same endpoint. Its answer is checked the way the operator's judge checks it. Exit
+status: 0 when every case passes, 1 when any fails (or cannot be asked), 2 on bad
+arguments.
 
 Checked here (the answer's leading and trailing whitespace aside, as the judge does):
 contains, notContains, equals, startsWith (all case-insensitive unless caseSensitive),
@@ -19,7 +23,7 @@ toolNotCalled, toolSequence, maxToolCalls, maxTokens, maxCostUSD (the service's 
 carries no tool calls or token counts; the judge observed those inside the test) and
 judge (a rubric needs the judge model). A case runs once, whatever its trials were.
 
-Standard library only, so it runs wherever the service's requirements are installed.
+Standard library only for --url; --runtime-arn needs boto3 (strands-agents brings it).
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 CASES_FILE = Path(__file__).resolve().parent / "cases.json"
+RUNTIME_ARN = re.compile(r"^arn:[a-z-]+:bedrock-agentcore:([a-z0-9-]+):\d{12}:runtime/\S+$")
 INVOCATIONS_PATH = "/invocations"
 DEFAULT_TIMEOUT_SECONDS = 300.0
 QUOTE_LIMIT = 120
@@ -157,20 +163,14 @@ def not_checked(expect: dict[str, Any]) -> list[str]:
     return [key for key in NOT_CHECKED if expect.get(key) not in (None, [], {})]
 
 
-def ask(url: str, prompt: str, timeout: float) -> str:
-    """The service's answer to ``prompt``; raises RuntimeError on anything but one."""
-    request = urllib.request.Request(
-        url.rstrip("/") + INVOCATIONS_PATH,
-        data=json.dumps({"prompt": prompt}).encode("utf-8"),
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
-    )
+# Asks one prompt, returns the answer; raises RuntimeError when there is none.
+Ask = Callable[[str], str]
+
+
+def answer_of(raw: bytes) -> str:
+    """The "answer" of app.py's JSON response."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        raise RuntimeError(f"the service answered HTTP {error.code}") from error
-    except (urllib.error.URLError, OSError) as error:
-        raise RuntimeError(f"the service could not be reached: {error}") from error
+        body = json.loads(raw)
     except json.JSONDecodeError as error:
         raise RuntimeError("the service's answer is not JSON") from error
     answer = body.get("answer") if isinstance(body, dict) else None
@@ -179,12 +179,70 @@ def ask(url: str, prompt: str, timeout: float) -> str:
     return answer
 
 
-def run_case(url: str, case: dict[str, Any], timeout: float) -> Outcome:
+def url_asker(url: str, timeout: float) -> Ask:
+    """Asks ``POST <url>/invocations`` directly."""
+
+    def ask(prompt: str) -> str:
+        request = urllib.request.Request(
+            url.rstrip("/") + INVOCATIONS_PATH,
+            data=json.dumps({"prompt": prompt}).encode("utf-8"),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"the service answered HTTP {error.code}") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise RuntimeError(f"the service could not be reached: {error}") from error
+        return answer_of(raw)
+
+    return ask
+
+
+def runtime_asker(arn: str, qualifier: str, endpoint_url: str | None, timeout: float) -> Ask:
+    """Asks an AgentCore runtime through InvokeAgentRuntime, in the ARN's region."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    match = RUNTIME_ARN.match(arn)
+    assert match is not None  # checked with the arguments
+    client = boto3.client(
+        "bedrock-agentcore",
+        region_name=match.group(1),
+        endpoint_url=endpoint_url,
+        # A retried invocation would be a second conversation, timed as one.
+        config=Config(read_timeout=timeout, retries={"total_max_attempts": 1}),
+    )
+
+    def ask(prompt: str) -> str:
+        try:
+            response = client.invoke_agent_runtime(
+                agentRuntimeArn=arn,
+                qualifier=qualifier,
+                # A session per case (at least 33 characters): no case sees another.
+                runtimeSessionId=f"agenttest-regression-{uuid.uuid4()}",
+                contentType="application/json",
+                accept="application/json",
+                payload=json.dumps({"prompt": prompt}).encode("utf-8"),
+            )
+            raw = response["response"].read()
+        except ClientError as error:
+            raise RuntimeError(f"InvokeAgentRuntime failed: {error}") from error
+        except BotoCoreError as error:
+            raise RuntimeError(f"the runtime could not be reached: {error}") from error
+        return answer_of(raw)
+
+    return ask
+
+
+def run_case(ask: Ask, case: dict[str, Any]) -> Outcome:
     expect = case.get("expect") or {}
     outcome = Outcome(case["name"], not_checked=not_checked(expect))
     started = time.monotonic()
     try:
-        answer = ask(url, case["query"], timeout)
+        answer = ask(case["query"])
     except RuntimeError as error:
         outcome.failures.append(str(error))
         return outcome
@@ -211,7 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.regression", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--url", required=True, help="the service's base URL")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the service's base URL (load balancer, local container)")
+    where.add_argument("--runtime-arn", help="an AgentCore runtime's ARN (the RuntimeArn output)")
+    parser.add_argument(
+        "--qualifier", default="DEFAULT", help="the runtime's endpoint (default: DEFAULT)"
+    )
+    parser.add_argument(
+        "--endpoint-url", help="AgentCore's data plane URL, when not the region's default"
+    )
     parser.add_argument("--cases", type=Path, default=CASES_FILE, help="cases.json to replay")
     parser.add_argument(
         "--timeout",
@@ -220,11 +286,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds to wait for each answer",
     )
     args = parser.parse_args(argv)
+    if args.runtime_arn is not None and not RUNTIME_ARN.match(args.runtime_arn):
+        parser.error(f"--runtime-arn {args.runtime_arn!r} is not an AgentCore runtime ARN")
+    if args.runtime_arn is not None:
+        try:
+            import boto3  # noqa: F401  # only checked here; runtime_asker uses it
+        except ImportError:
+            parser.error("--runtime-arn needs boto3 (pip install boto3)")
+        ask = runtime_asker(args.runtime_arn, args.qualifier, args.endpoint_url, args.timeout)
+    else:
+        ask = url_asker(args.url, args.timeout)
     cases = load_cases(args.cases)
     if not cases:
         print(f"no cases in {args.cases}", file=sys.stderr)
         return 1
-    outcomes = [run_case(args.url, case, args.timeout) for case in cases]
+    outcomes = [run_case(ask, case) for case in cases]
     for outcome in outcomes:
         print(report(outcome))
     passed = sum(outcome.passed for outcome in outcomes)
