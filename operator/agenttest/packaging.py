@@ -3,7 +3,9 @@
 A package holds the tested agent.py unchanged (the attempt's snapshot, sources.py), a
 FastAPI service around it, a requirements.txt pinned to the distributions the run had
 (the judge lists them in its signed result; the operator's own versions play no part),
-a Dockerfile, a CDK app that deploys the image to ECS Fargate, a
+a Dockerfile (linux/arm64 unless told otherwise), a CDK app that deploys the image to
+ECS Fargate or as an Amazon Bedrock AgentCore runtime, the test's cases as a regression
+suite to run against the deployed service (tests/, cases in tests/cases.json), a
 README, the test's report (report.json as the operator stored it, and junit.xml
 rendered from it) and a manifest.json with every file's SHA-256. Everything here is pure: the
 files are a function of a PackageInput and the templates in ``templates/package/``,
@@ -42,8 +44,13 @@ REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "packag
 AGENT_FILE = "agent.py"
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
+# The AgentTest's cases (name, query, expect as spec.cases has them), which the
+# package's regression suite (templates/package/tests/regression.py) replays.
+REGRESSION_CASES_FILE = "tests/cases.json"
 # Files the operator makes, which no template may replace.
-GENERATED_FILES = frozenset({AGENT_FILE, MANIFEST_FILE, REPORT_FILE, JUNIT_FILE})
+GENERATED_FILES = frozenset(
+    {AGENT_FILE, MANIFEST_FILE, REPORT_FILE, JUNIT_FILE, REGRESSION_CASES_FILE}
+)
 TEMPLATE_SUFFIX = ".j2"
 
 MAX_PACKAGE_BYTES = 50 * 1024 * 1024
@@ -109,7 +116,8 @@ class PackageInput:
 
     ``model`` has ``provider`` and ``modelId`` and optionally ``endpoint``, ``region``
     and ``temperature`` (spec.model); each of ``cases`` has ``name``, ``passed`` and
-    ``latencySeconds`` (status.cases).
+    ``latencySeconds`` (status.cases). ``suite`` is spec.cases in wire form (``name``,
+    ``query``, ``expect``): what the package's regression suite asks and checks.
     """
 
     agent_source: str
@@ -127,6 +135,7 @@ class PackageInput:
     versions: dict[str, str] = field(default_factory=installed_versions)
     # The stored report.json (reporting.py), byte for byte; None: the test stored none.
     report: bytes | None = None
+    suite: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # The CRD's schema already enforces most of this; checked again because a
@@ -164,6 +173,9 @@ class PackageInput:
                 raise NotReproducible(f"environment entry {pin!r} is not name==version")
         if AGENT_FRAMEWORK not in {distribution_name(pin) for pin in self.environment}:
             raise NotReproducible(f"the run's environment does not list {AGENT_FRAMEWORK}")
+        for case in self.suite:
+            if not isinstance(case.get("name"), str) or not isinstance(case.get("query"), str):
+                raise ValueError("every suite case needs a name and a query")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -210,6 +222,15 @@ def python_literal(value: str | float | bool | None) -> str:
 def stack_name(name: str) -> str:
     """A CloudFormation stack name for the AgentTest ``name``: [A-Za-z][A-Za-z0-9-]*."""
     return ("agent-" + re.sub(r"[^A-Za-z0-9-]", "-", name))[:128]
+
+
+# AgentCore's agentRuntimeName: a letter, then letters, digits and "_", 48 at most.
+RUNTIME_NAME_LIMIT = 48
+
+
+def runtime_name(name: str) -> str:
+    """An AgentCore runtime name for the AgentTest ``name``: [a-zA-Z][a-zA-Z0-9_]{0,47}."""
+    return ("agent_" + re.sub(r"[^A-Za-z0-9_]", "_", name))[:RUNTIME_NAME_LIMIT]
 
 
 def _model_info(inp: PackageInput) -> dict[str, Any]:
@@ -260,6 +281,7 @@ def template_context(inp: PackageInput) -> dict[str, Any]:
         "versions": dict(inp.versions),
         "python_version": PYTHON_VERSION,
         "stack_name": stack_name(inp.name),
+        "runtime_name": runtime_name(inp.name),
     }
 
 
@@ -290,11 +312,22 @@ def render(inp: PackageInput, templates: Path | None = None) -> dict[str, bytes]
             raise ValueError(f"template {relative} would replace the generated {path}")
         files[path] = content
 
+    files[REGRESSION_CASES_FILE] = regression_cases(inp)
     if inp.report is not None:
         files[REPORT_FILE] = inp.report
         files[JUNIT_FILE] = render_junit(json.loads(inp.report)).encode("utf-8")
     files[MANIFEST_FILE] = manifest(inp, files)
     return files
+
+
+def regression_cases(inp: PackageInput) -> bytes:
+    """tests/cases.json: each case's name, query and expectations, as the spec has them."""
+    cases = [
+        {"name": case["name"], "query": case["query"], "expect": case.get("expect", {})}
+        for case in inp.suite
+    ]
+    document = {"agentTest": f"{inp.namespace}/{inp.name}", "cases": cases}
+    return (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def manifest(inp: PackageInput, files: Mapping[str, bytes]) -> bytes:

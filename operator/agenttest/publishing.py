@@ -105,6 +105,7 @@ def package_input(
         environment=list(test.status.environment),
         model=spec_model.wire(),
         cases=[case.wire() for case in cases],
+        suite=[case.wire() for case in test.spec.cases],
         summary=test.status.summary or "",
         namespace=test.namespace,
         name=test.name,

@@ -1,9 +1,12 @@
-"""The deployment package for real: its service answers over HTTP, its CDK app synthesizes.
+"""The deployment package for real: its service answers over HTTP, its CDK app synthesizes,
+its regression suite replays the test's cases against the service.
 
 The sample AgentTest's package is rendered to a directory and used as a user would:
 ``uvicorn app:app`` in that directory (against the scripted model server instead of
-Ollama), and ``python app.py`` in its cdk/ directory, which is what ``cdk synth`` runs.
-No Docker is needed: CDK only copies and hashes the image's build context at synthesis.
+Ollama), ``python -m tests.regression --url ...`` there, and ``python app.py`` in its
+cdk/ directory, which is what ``cdk synth`` runs, for both targets (ECS Fargate and
+AgentCore Runtime). No Docker is needed: CDK only copies and hashes the image's build
+context at synthesis.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ import pytest
 import yaml
 
 from agenttest import packaging
+from agenttest.models import AgentTestSpec
 from agenttest.packaging import PackageInput
 from agenttest_dev.modelserver import ScriptedModelServer
 
@@ -47,6 +54,16 @@ BEDROCK = {
     "region": "eu-west-1",
 }
 BEDROCK_ACTIONS = ["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"]
+BEDROCK_MODEL_ARN = (
+    "arn:${AWS::Partition}:bedrock:eu-west-1::foundation-model/"
+    "anthropic.claude-3-haiku-20240307-v1:0"
+)
+ACCOUNT, REGION = "123456789012", "us-east-1"
+# The sample's cases, answered wrongly: what a regressed agent would say.
+WRONG_ANSWERS = [
+    {"match": "hello", "reply": "Good day."},
+    {"match": "capital of France", "reply": "The capital of France is London."},
+]
 # An agent.py whose entrypoint is an Agent object rather than a factory.
 AGENT_OBJECT_SOURCE = """\
 from strands import Agent
@@ -57,6 +74,8 @@ agent = Agent(system_prompt="You are a friendly assistant. Be brief.")
 
 def sample_input(**changes: Any) -> PackageInput:
     spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    # spec.cases as the API server stores them, which is what the operator hands over.
+    suite = [case.wire() for case in AgentTestSpec.model_validate(spec).cases]
     inp = PackageInput(
         agent_source=spec["agent"]["source"]["inline"],
         entrypoint=spec["agent"]["entrypoint"],
@@ -74,6 +93,7 @@ def sample_input(**changes: Any) -> PackageInput:
         tested_at="2025-06-01T12:00:00Z",
         # As a run in this environment would list it (status.environment).
         environment=[f"strands-agents=={metadata.version('strands-agents')}"],
+        suite=suite,
     )
     return dataclasses.replace(inp, **changes)
 
@@ -204,6 +224,170 @@ def test_an_unreachable_model_is_a_502_that_does_not_leak_the_endpoint(tmp_path:
         assert (status, body) == (200, b"")  # headers were sent before the model failed
 
 
+def get(url: str) -> tuple[int, Any]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_service_meets_the_agentcore_runtime_contract(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    slow = [{"match": "take your time", "reply": "Done.", "delaySeconds": 2}]
+    with (
+        ScriptedModelServer.from_script(slow) as model,
+        running_service(package, model.url) as base,
+    ):
+        status, idle = get(f"{base}/ping")
+        assert status == 200
+        assert idle["status"] == "Healthy"
+        assert isinstance(idle["time_of_last_update"], int)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(post, f"{base}/invocations", {"prompt": "take your time"})
+            # While the model holds the answer back, the runtime is told work is under way.
+            wait_for("a busy /ping", lambda: get(f"{base}/ping")[1]["status"] == "HealthyBusy", 10)
+            status, body = pending.result(timeout=30)
+        assert status == 200, body
+        assert json.loads(body) == {"answer": "Done."}
+        assert get(f"{base}/ping")[1]["status"] == "Healthy"
+
+        status, body = post(f"{base}/invocations", {"prompt": ""})
+        assert status == 422, body
+
+
+def regression_suite(
+    package: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.regression ARGS`` in the package directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.regression", *args],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_regression_suite_passes_against_the_tested_agent(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    with ScriptedModelServer() as model, running_service(package, model.url) as base:
+        result = regression_suite(package, "--url", base)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "2/2 cases passed"
+    assert "FAIL" not in result.stdout
+    # Both cases went to the model through /invocations, one conversation each.
+    assert [user_turns(request) for request in model.requests] == [1, 1]
+
+
+def test_regression_suite_fails_against_an_agent_giving_wrong_answers(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    with (
+        ScriptedModelServer.from_script(WRONG_ANSWERS) as model,
+        running_service(package, model.url) as base,
+    ):
+        result = regression_suite(package, "--url", base)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert 'contains "hello": not found in answer' in lines
+    assert 'contains "Paris": not found in answer' in lines
+    assert 'notContains "London": found in answer' in lines
+    assert lines[-1] == "0/2 cases passed"
+
+
+class DataPlaneStandIn(ThreadingHTTPServer):
+    """AgentCore's InvokeAgentRuntime on the wire, relaying each body to the package's
+    /invocations as the runtime would; records what the caller sent."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(("127.0.0.1", 0), DataPlaneHandler)
+        self.service = service
+        self.calls: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class DataPlaneHandler(BaseHTTPRequestHandler):
+    server: DataPlaneStandIn
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        path, _, query = self.path.partition("?")
+        self.server.calls.append(
+            {"path": urllib.parse.unquote(path), "query": query, "headers": dict(self.headers)}
+        )
+        status, answer = post(f"{self.server.service}/invocations", json.loads(body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+@contextlib.contextmanager
+def data_plane(service: str) -> Iterator[DataPlaneStandIn]:
+    server = DataPlaneStandIn(service)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+RUNTIME_ARN = f"arn:aws:bedrock-agentcore:eu-west-1:{ACCOUNT}:runtime/agent_hello_agent-a1b2c3d4e5"
+
+
+@pytest.mark.parametrize(("script", "exit_code"), [(None, 0), (WRONG_ANSWERS, 1)])
+def test_regression_suite_asks_an_agentcore_runtime_signed_a_session_per_case(
+    tmp_path: Path, script: list[dict[str, Any]] | None, exit_code: int
+) -> None:
+    package = write_package(sample_input(), tmp_path)
+    model_server = ScriptedModelServer.from_script(script) if script else ScriptedModelServer()
+    with (
+        model_server as model,
+        running_service(package, model.url) as base,
+        data_plane(base) as plane,
+    ):
+        result = regression_suite(
+            package,
+            *("--runtime-arn", RUNTIME_ARN, "--endpoint-url", plane.url),
+            env={
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            },
+        )
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"{2 if exit_code == 0 else 0}/2 cases passed"
+    assert len(plane.calls) == 2
+    sessions = set()
+    for call in plane.calls:
+        assert call["path"] == f"/runtimes/{RUNTIME_ARN}/invocations"
+        assert call["query"] == "qualifier=DEFAULT"
+        headers = {name.lower(): value for name, value in call["headers"].items()}
+        # SigV4 for the data plane, in the runtime's region.
+        credential = headers["authorization"].split("Credential=")[1].split(",")[0]
+        assert credential.startswith("testing/")
+        assert credential.endswith("/eu-west-1/bedrock-agentcore/aws4_request")
+        sessions.add(headers["x-amzn-bedrock-agentcore-runtime-session-id"])
+    assert len(sessions) == 2 and all(len(session) >= 33 for session in sessions)
+
+
+def test_regression_suite_fails_when_the_service_is_down(tmp_path: Path) -> None:
+    package = write_package(sample_input(), tmp_path)
+    result = regression_suite(package, "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "the service could not be reached" in result.stdout
+
+
 # --------------------------------------------------------------------------- the CDK app
 
 
@@ -257,7 +441,10 @@ class Synth:
 
     def task_role_statements(self) -> list[dict[str, Any]]:
         """Every statement granted to the task role, inline or attached."""
-        role_ref = self.one("AWS::ECS::TaskDefinition")["TaskRoleArn"]
+        return self.role_statements(self.one("AWS::ECS::TaskDefinition")["TaskRoleArn"])
+
+    def role_statements(self, role_ref: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every statement granted to the role ``role_ref`` (a GetAtt), inline or attached."""
         role_id = role_ref["Fn::GetAtt"][0]
         role = self.template["Resources"][role_id]["Properties"]
         assert "ManagedPolicyArns" not in role
@@ -269,6 +456,12 @@ class Synth:
                 statements += policy["Properties"]["PolicyDocument"]["Statement"]
         return statements
 
+    def image_asset(self) -> tuple[str, dict[str, Any]]:
+        """The image asset's hash (its tag) and its source (platform, build args)."""
+        assets = json.loads(next(self.outdir.glob("*.assets.json")).read_text())
+        ((asset_hash, image),) = assets["dockerImages"].items()
+        return asset_hash, dict(image["source"])
+
     def staged_image_files(self) -> set[str]:
         """What CDK staged as the image's build context."""
         (asset,) = self.outdir.glob("asset.*")
@@ -279,6 +472,8 @@ def resolve(value: Any) -> Any:
     """Fn::Join and Ref as a readable string: arn:${AWS::Partition}:..."""
     if isinstance(value, dict) and set(value) == {"Ref"}:
         return "${" + value["Ref"] + "}"
+    if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+        return "${" + ".".join(value["Fn::GetAtt"]) + "}"
     if isinstance(value, dict) and set(value) == {"Fn::Join"}:
         separator, parts = value["Fn::Join"]
         return separator.join(str(resolve(part)) for part in parts)
@@ -307,8 +502,16 @@ def synths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Synth
             "bedrock",
             sample_input(model=BEDROCK),
             {"vpcId": "vpc-0123456789abcdef0", "cpuArchitecture": "ARM64"},
-            CDK_DEFAULT_ACCOUNT="123456789012",
-            CDK_DEFAULT_REGION="us-east-1",
+            CDK_DEFAULT_ACCOUNT=ACCOUNT,
+            CDK_DEFAULT_REGION=REGION,
+        ),
+        # The same package as an AgentCore runtime, in a known account and region.
+        "agentcore": start(
+            "agentcore",
+            sample_input(model=BEDROCK),
+            {"target": "agentcore"},
+            CDK_DEFAULT_ACCOUNT=ACCOUNT,
+            CDK_DEFAULT_REGION=REGION,
         ),
     }
     yield started
@@ -334,12 +537,13 @@ def test_stack_runs_the_image_on_fargate_behind_a_load_balancer(
     assert target_group["TargetType"] == "ip"  # Fargate tasks register by IP
 
     container = synth.container()
-    assert container["PortMappings"] == [{"ContainerPort": 8000, "Protocol": "tcp"}]
+    assert container["PortMappings"] == [{"ContainerPort": 8080, "Protocol": "tcp"}]
     log_group_id = next(iter(synth.of_type("AWS::Logs::LogGroup")))
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
     assert container["LogConfiguration"]["Options"]["awslogs-group"] == {"Ref": log_group_id}
 
     # .dockerignore kept cdk/ (and the README, manifest) out of the image's context.
+    # (and tests/, which runs against the service from outside).
     assert synth.staged_image_files() == {
         ".dockerignore",
         "Dockerfile",
@@ -362,6 +566,10 @@ def test_ollama_stack_grants_the_task_nothing_and_takes_the_endpoint_from_contex
     assert len(synth.of_type("AWS::EC2::VPC")) == 1
     platform = synth.one("AWS::ECS::TaskDefinition")["RuntimePlatform"]
     assert platform["CpuArchitecture"] == "X86_64"
+    # The Dockerfile's linux/arm64 default is overridden to match the tasks.
+    _, image = synth.image_asset()
+    assert image["platform"] == "linux/amd64"
+    assert image["dockerBuildArgs"] == {"TARGET_PLATFORM": "linux/amd64"}
 
 
 def test_bedrock_stack_may_invoke_only_the_tested_model(synths: dict[str, Synth]) -> None:
@@ -369,14 +577,11 @@ def test_bedrock_stack_may_invoke_only_the_tested_model(synths: dict[str, Synth]
     (statement,) = synth.task_role_statements()
     assert statement["Effect"] == "Allow"
     assert sorted(statement["Action"]) == BEDROCK_ACTIONS
-    assert resolve(statement["Resource"]) == (
-        "arn:${AWS::Partition}:bedrock:eu-west-1::foundation-model/"
-        "anthropic.claude-3-haiku-20240307-v1:0"
-    )
+    assert resolve(statement["Resource"]) == BEDROCK_MODEL_ARN
     assert synth.environment() == {
         "MODEL_PROVIDER": "bedrock",
         "MODEL_ID": BEDROCK["modelId"],
-        "AWS_REGION": "eu-west-1",
+        "MODEL_REGION": "eu-west-1",
     }
 
 
@@ -385,6 +590,97 @@ def test_bedrock_stack_uses_the_given_vpc_and_architecture(synths: dict[str, Syn
     assert synth.of_type("AWS::EC2::VPC") == {}  # looked up, not created
     platform = synth.one("AWS::ECS::TaskDefinition")["RuntimePlatform"]
     assert platform["CpuArchitecture"] == "ARM64"
-    assets = json.loads(next(synth.outdir.glob("*.assets.json")).read_text())
-    (image,) = assets["dockerImages"].values()
-    assert image["source"]["platform"] == "linux/arm64"
+    _, image = synth.image_asset()
+    assert image["platform"] == "linux/arm64"
+    assert image["dockerBuildArgs"] == {"TARGET_PLATFORM": "linux/arm64"}
+
+
+def test_agentcore_target_deploys_the_arm64_image_as_a_runtime(synths: dict[str, Synth]) -> None:
+    synth = synths["agentcore"]
+    runtime = synth.one("AWS::BedrockAgentCore::Runtime")
+    assert runtime["AgentRuntimeName"] == "agent_hello_agent"
+    assert runtime["ProtocolConfiguration"] == "HTTP"
+    assert runtime["NetworkConfiguration"] == {"NetworkMode": "PUBLIC"}
+    assert runtime["EnvironmentVariables"] == {
+        "MODEL_PROVIDER": "bedrock",
+        "MODEL_ID": BEDROCK["modelId"],
+        "MODEL_REGION": "eu-west-1",
+    }
+    # The container is the package's own image, built for linux/arm64.
+    asset_hash, image = synth.image_asset()
+    uri = runtime["AgentRuntimeArtifact"]["ContainerConfiguration"]["ContainerUri"]["Fn::Sub"]
+    assert uri.endswith(f":{asset_hash}")
+    assert image["platform"] == "linux/arm64"
+    assert image["dockerBuildArgs"] == {"TARGET_PLATFORM": "linux/arm64"}
+    assert synth.staged_image_files() == {
+        ".dockerignore",
+        "Dockerfile",
+        "agent.py",
+        "app.py",
+        "requirements.txt",
+    }
+    # Nothing of the Fargate variant.
+    for kind in ("AWS::ECS::Service", "AWS::ElasticLoadBalancingV2::LoadBalancer", "AWS::EC2::VPC"):
+        assert synth.of_type(kind) == {}
+    outputs = synth.template["Outputs"]
+    assert outputs["RuntimeArn"]["Value"] == {
+        "Fn::GetAtt": [
+            next(iter(synth.of_type("AWS::BedrockAgentCore::Runtime"))),
+            "AgentRuntimeArn",
+        ]
+    }
+
+
+def test_agentcore_execution_role_may_invoke_the_tested_model_and_write_its_logs_only(
+    synths: dict[str, Synth],
+) -> None:
+    synth = synths["agentcore"]
+    runtime = synth.one("AWS::BedrockAgentCore::Runtime")
+    role_id = runtime["RoleArn"]["Fn::GetAtt"][0]
+    role = synth.template["Resources"][role_id]["Properties"]
+
+    # Only AgentCore, on behalf of this account's runtimes, may assume it.
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "bedrock-agentcore.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+    assert resolve(trust["Condition"]["ArnLike"]["aws:SourceArn"]) == (
+        f"arn:${{AWS::Partition}}:bedrock-agentcore:{REGION}:{ACCOUNT}:*"
+    )
+
+    granted: dict[str, list[str]] = {}
+    for statement in synth.role_statements(runtime["RoleArn"]):
+        assert statement["Effect"] == "Allow"
+        assert "Condition" not in statement
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        resources = (
+            statement["Resource"]
+            if isinstance(statement["Resource"], list)
+            else [statement["Resource"]]
+        )
+        for action in actions:
+            granted.setdefault(action, []).extend(str(resolve(r)) for r in resources)
+
+    log_groups = (
+        f"arn:${{AWS::Partition}}:logs:{REGION}:{ACCOUNT}:log-group:"
+        "/aws/bedrock-agentcore/runtimes/agent_hello_agent-*"
+    )
+    (repository,) = granted["ecr:BatchGetImage"]
+    assert repository.startswith(f"arn:${{AWS::Partition}}:ecr:{REGION}:{ACCOUNT}:repository/")
+    assert granted == {
+        # The tested model, in the region it was tested in, and nothing else.
+        "bedrock:InvokeModel": [BEDROCK_MODEL_ARN],
+        "bedrock:InvokeModelWithResponseStream": [BEDROCK_MODEL_ARN],
+        # Its own log groups only.
+        "logs:CreateLogGroup": [log_groups],
+        "logs:DescribeLogStreams": [log_groups],
+        "logs:CreateLogStream": [f"{log_groups}:log-stream:*"],
+        "logs:PutLogEvents": [f"{log_groups}:log-stream:*"],
+        # Its own image; an ECR login token cannot be scoped to a repository.
+        "ecr:BatchCheckLayerAvailability": [repository],
+        "ecr:GetDownloadUrlForLayer": [repository],
+        "ecr:BatchGetImage": [repository],
+        "ecr:GetAuthorizationToken": ["*"],
+    }
+    assert "ManagedPolicyArns" not in role

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from agenttest import packaging
+from agenttest.models import AgentTestSpec
 from agenttest.packaging import PackageInput
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,11 +49,15 @@ EXPECTED_FILES = {
     "cdk/stack.py",
     "manifest.json",
     "requirements.txt",
+    "tests/__init__.py",
+    "tests/cases.json",
+    "tests/regression.py",
 }
 
 
 def sample_input(**changes: Any) -> PackageInput:
     spec = yaml.safe_load(SAMPLE.read_text())["spec"]
+    suite = [case.wire() for case in AgentTestSpec.model_validate(spec).cases]
     inp = PackageInput(
         agent_source=spec["agent"]["source"]["inline"],
         entrypoint=spec["agent"]["entrypoint"],
@@ -70,6 +75,7 @@ def sample_input(**changes: Any) -> PackageInput:
         tested_at="2025-06-01T12:00:00Z",
         environment=ENVIRONMENT,
         versions=VERSIONS,
+        suite=suite,
     )
     return dataclasses.replace(inp, **changes)
 
@@ -142,6 +148,23 @@ def test_json_files_parse() -> None:
     assert json.loads(files["cdk/cdk.json"])["app"] == "python3 app.py"
 
 
+def test_regression_cases_are_the_specs_queries_and_expectations() -> None:
+    cases = json.loads(packaging.render(sample_input())["tests/cases.json"])
+    assert cases["agentTest"] == "team-a/hello-agent"
+    assert [(c["name"], c["query"]) for c in cases["cases"]] == [
+        ("greets", "Say hello to the user."),
+        ("knows-capitals", "What is the capital of France?"),
+    ]
+    assert cases["cases"][1]["expect"]["contains"] == ["Paris"]
+    assert cases["cases"][1]["expect"]["notContains"] == ["London"]
+
+
+def test_cdk_app_pins_an_aws_cdk_lib_with_agentcore() -> None:
+    # 2.275.0 is what the package's CDK app is synthesized with in the tests.
+    pins = requirement_lines(packaging.render(sample_input())["cdk/requirements.txt"])
+    assert "aws-cdk-lib>=2.275.0,<3" in pins
+
+
 def test_awkward_model_id_stays_a_python_string() -> None:
     model_id = "we\"ird\\model's id 🦙"
     files = packaging.render(sample_input(model={**BEDROCK, "modelId": model_id}))
@@ -197,7 +220,8 @@ def test_plain_template_files_are_copied_and_j2_files_lose_the_suffix(tmp_path: 
     files = packaging.render(sample_input(), tmp_path)
     assert files["sub/plain.txt"] == b"{{ not rendered }}"
     assert files["hello.txt"] == b"hello-agent attempt 2\n"
-    assert set(files) == {"agent.py", "hello.txt", "sub/plain.txt", "manifest.json"}
+    generated = {"agent.py", "manifest.json", "tests/cases.json"}
+    assert set(files) == {"hello.txt", "sub/plain.txt", *generated}
 
 
 def test_a_template_may_not_replace_agent_py(tmp_path: Path) -> None:
@@ -287,6 +311,7 @@ def test_installed_versions_cover_every_service_package() -> None:
         ({"environment": [*ENVIRONMENT, "x==1\n--index-url=http://elsewhere"]}, "not name=="),
         ({"environment": [*ENVIRONMENT, "x @ https://elsewhere/x.whl"]}, "not name=="),
         ({"environment": ["boto3==1.40.1"]}, "does not list strands-agents"),
+        ({"suite": [{"name": "no-query"}]}, "name and a query"),
     ],
 )
 def test_bad_input_is_refused(changes: dict[str, Any], message: str) -> None:
@@ -302,10 +327,18 @@ def test_dockerfile_installs_requirements_before_copying_code_and_runs_uvicorn()
     assert dockerfile.index("COPY requirements.txt") < dockerfile.index("RUN pip install")
     assert dockerfile.index("RUN pip install") < dockerfile.index("COPY agent.py app.py")
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
-    assert "EXPOSE 8000" in dockerfile
-    assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
-    cmd = '["uvicorn", "app:app", "--host", "0.0.0.0", "--port", "8000"]'
+    # AgentCore Runtime calls 8080.
+    assert "EXPOSE 8080" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "127.0.0.1:8080/health" in dockerfile
+    cmd = '["uvicorn", "app:app", "--host", "0.0.0.0", "--port", "8080"]'
     assert dockerfile.rstrip().endswith(f"CMD {cmd}")
+
+
+def test_dockerfile_builds_for_arm64_unless_told_otherwise() -> None:
+    dockerfile = packaging.render(sample_input())["Dockerfile"].decode()
+    assert re.search(r"^ARG TARGET_PLATFORM=linux/arm64$", dockerfile, re.MULTILINE)
+    (base,) = re.findall(r"^FROM .*$", dockerfile, re.MULTILINE)
+    assert base == "FROM --platform=${TARGET_PLATFORM} ${PYTHON_IMAGE}"
 
 
 def test_package_python_matches_the_runner_image() -> None:
@@ -346,3 +379,13 @@ def test_sha256_hex() -> None:
 def test_stack_name_is_a_valid_cloudformation_name(name: str, expected: str) -> None:
     assert packaging.stack_name(name) == expected
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", packaging.stack_name(name * 40))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("hello-agent", "agent_hello_agent"), ("v1.2", "agent_v1_2"), ("9lives", "agent_9lives")],
+)
+def test_runtime_name_is_a_valid_agentcore_runtime_name(name: str, expected: str) -> None:
+    assert packaging.runtime_name(name) == expected
+    assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_]{0,47}", packaging.runtime_name(name * 40))
+    assert packaging.template_context(sample_input(name=name))["runtime_name"] == expected

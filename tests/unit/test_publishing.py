@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 from kubernetes.client.exceptions import ApiException
 
 from agenttest import kubeapi, objects
+from agenttest.models import AgentTest, AgentTestSpec, AgentTestStatus
 from agenttest.objects import TEST_LABEL, label_value
-from agenttest.publishing import api_refusal, package_name
+from agenttest.publishing import api_refusal, package_input, package_name
 from agenttest.s3objects import RETRY_MAX_SECONDS, retry_delay, s3_refusal
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The API server's rules (k8s.io/apimachinery validation).
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -117,3 +122,16 @@ def test_retries_back_off_doubling_up_to_a_cap() -> None:
     assert delays[:3] == [2.0, 4.0, 8.0]
     assert delays == sorted(delays)
     assert delays[-1] == RETRY_MAX_SECONDS
+
+
+def test_a_package_carries_the_specs_cases_for_its_regression_suite() -> None:
+    sample = ROOT / "manifests" / "samples" / "agenttest.yaml"
+    spec = AgentTestSpec.model_validate(yaml.safe_load(sample.read_text())["spec"])
+    status = AgentTestStatus(attempt=1, environment=["strands-agents==1.2.3"])
+    test = AgentTest("u-1", "team-a", "hello-agent", 1, spec, status)
+    inp = package_input(test, "source", "2026-01-01T00:00:00Z")
+    assert [(case["name"], case["query"]) for case in inp.suite] == [
+        ("greets", "Say hello to the user."),
+        ("knows-capitals", "What is the capital of France?"),
+    ]
+    assert inp.suite[1]["expect"]["notContains"] == ["London"]

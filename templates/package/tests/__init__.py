@@ -1,0 +1,1 @@
+"""The AgentTest's cases as a regression suite: ``python -m tests.regression --url ...``."""
