@@ -12,7 +12,6 @@ from agenttest.metrics import Context, Observation, census, context_of, observat
 from agenttest.models import (
     AgentTestStatus,
     Backend,
-    Condition,
     Execution,
     ModelResult,
     PackageRef,
