@@ -4,7 +4,8 @@ A dashboard whose query names a series the operator does not export shows "No
 data" and nobody notices: every PromQL expression in
 manifests/monitoring/grafana-dashboard.json must name series this operator
 exports, checked against a scrape of a real operator that ran a passing test and
-a forger.
+a forger. A pod holding a slot shows under its backend, and the kubelet's
+timestamps give the log-tail lag.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from prometheus_client.samples import Sample
 
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
+from agenttest_dev.node import FakeKubelet
 
 import forgeries
-from support import MANIFESTS, SIMPLE_AGENT, Kube, Operator, agent_test
+from support import MANIFESTS, SIMPLE_AGENT, Kube, Operator, agent_test, on_pod
 
 StartOperator = Callable[..., Operator]
 
@@ -204,3 +206,53 @@ def test_every_dashboard_query_names_a_series_the_operator_exports(
         and not any(s.startswith(name) for s in shown)
     }
     assert not undisplayed, f"no panel shows {sorted(undisplayed)}"
+
+
+SLEEPER = """
+import time
+from strands import Agent
+print("agent imported; sleeping", flush=True)
+time.sleep(300)
+
+def agent(model):
+    return Agent(model=model)
+"""
+
+
+def test_a_pod_holding_a_slot_is_counted_under_its_backend_and_its_log_lag_measured(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    model_server: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    port = devcluster.free_port()
+    start_operator(metrics_port=port, http_host="127.0.0.1")
+    kube.apply(on_pod("sleeps", SLEEPER, model_server.url))
+    kube.wait_for_phase("sleeps", "Building", "Running")
+
+    def holding() -> list[Sample] | None:
+        _, samples = exported(scrape(port))
+        running = value(samples, "agenttest_running_executions", backend="pod")
+        # The kubelet's timestamp of the agent's line, read into the tail.
+        lagged = value(samples, "agenttest_log_tail_lag_seconds_count", backend="pod")
+        return samples if running == 1 and lagged >= 1 else None
+
+    samples = kube.wait_for("the pod counted and its output read", holding)
+    assert value(samples, "agenttest_running_executions", backend="local") == 0
+    assert value(samples, "agenttest_launch_seconds_count", backend="pod") == 1
+    assert value(samples, "agenttest_queue_depth") == 0
+
+    kube.patch("sleeps", {"spec": {"cancel": True}})
+    assert kube.wait_for_phase("sleeps", "Cancelled", "Failed")["status"]["phase"] == "Cancelled"
+
+    def released() -> list[Sample] | None:
+        # kubectl can see the write a moment before the operator has its answer.
+        _, samples = exported(scrape(port))
+        return samples if value(samples, "agenttest_running_executions") == 0 else None
+
+    samples = kube.wait_for("the slot released in /metrics", released)
+    assert value(samples, "agenttest_tests", phase="Cancelled") == 1
+    ended = {"backend": "pod", "outcome": "Cancelled"}
+    assert value(samples, "agenttest_outcomes_total", provider="ollama", **ended) == 1
+    assert value(samples, "agenttest_execution_seconds_count", **ended) == 1
