@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agenttest import crashpoints, faults, lifecycle, logtail, packaging, reports, runkeys
+from agenttest import crashpoints, faults, lifecycle, logtail, metrics, packaging, reports, runkeys
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
@@ -212,6 +213,7 @@ async def _try_launch(
         rt.scheduler.release(test.uid)  # it is being deleted: nothing may start for it
         return status
     crashpoints.reached("claimed")
+    claimed = time.monotonic()
 
     key = ExecutionKey(test.uid, status.attempt, status.infra_retries)
     try:
@@ -262,6 +264,7 @@ async def _try_launch(
             status, f"launch failed: {error}", now, policy.max_retries, policy.backoff_seconds
         )
     rt.launch_deferrals.pop(key, None)
+    metrics.record_launch(status.backend, time.monotonic() - claimed)
     crashpoints.reached("launched")
     launched = lifecycle.launched(status, status.backend, execution_id, now)
     return launched.model_copy(update={"source": snapshot.status()})
@@ -274,6 +277,8 @@ async def _read_all(
     key = bytes.fromhex(run_key)
     for _ in range(MAX_LOG_READS_PER_STEP):
         chunk = await executor.read_logs(execution_id, progress.cursor)
+        if chunk.newest_at is not None:
+            metrics.record_log_lag(executor.kind, time.time() - chunk.newest_at)
         progress = logtail.follow(
             progress, chunk.lines, rt.settings.log_tail_bytes, chunk.cursor, key
         )

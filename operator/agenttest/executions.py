@@ -75,3 +75,6 @@ class LogChunk:
     cursor: str | None = None  # pass back to continue after these lines
     more: bool = False  # more is ready to read right away
     throttled: bool = False  # the read was refused for now; the cursor did not move
+    # When the newest of `lines` was written (Unix time), where the backend knows it:
+    # how far the log tail lags behind the execution (metrics.LOG_TAIL_LAG_SECONDS).
+    newest_at: float | None = None

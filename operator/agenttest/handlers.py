@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from agenttest import controller, httpserver, kubeapi, reconciler, wiring
+from agenttest import controller, httpserver, kubeapi, metrics, reconciler, wiring
 from agenttest import settings as settings_module
 from agenttest.models import AGENTTEST_PLURAL, GROUP, VERSION
 from agenttest.settings import Settings
@@ -66,6 +66,12 @@ async def configure(
     rt = memo["runtime"] = await wiring.runtime(config)
     core = memo["reconciler"] = reconciler.Reconciler(rt)
     known = await core.seed(config.namespaces)
+    # The gauges are counted from the index at each scrape, so they cannot drift.
+    metrics.CENSUS.source = lambda: metrics.census(
+        core.index,
+        {uid: written.status for uid, written in core.written.items()},
+        config.max_running,
+    )
     # Steps start now, with what the listing gave, not after kopf's own listing.
     core.start()
     if config.metrics_port:
@@ -100,6 +106,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         sweeper.cancel()
     core = memo.get("reconciler")
     if isinstance(core, reconciler.Reconciler):
+        metrics.CENSUS.source = None
         await core.stop()
     http = memo.get("http")
     if isinstance(http, httpserver.HttpServer):

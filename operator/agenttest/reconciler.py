@@ -44,6 +44,7 @@ from agenttest.models import (
     RETRY_ANNOTATION,
     AgentTest,
     AgentTestStatus,
+    Backend,
     Phase,
 )
 from agenttest.scheduling import QueueEntry
@@ -62,6 +63,13 @@ Body = Mapping[str, Any]
 def _phase(value: Any) -> Phase | None:
     try:
         return Phase(value) if value else None
+    except ValueError:
+        return None
+
+
+def _backend(value: Any) -> Backend | None:
+    try:
+        return Backend(value) if value else None
     except ValueError:
         return None
 
@@ -105,6 +113,7 @@ def queue_entry(body: Body) -> QueueEntry:
         priority=int((body.get("spec") or {}).get("priority", 0)),
         created=str(meta.get("creationTimestamp")),
         phase=_phase(status.get("phase")),
+        backend=_backend(status.get("backend")),
         not_before=lifecycle.parse_timestamp(status.get("retryAfter")),
         position=position if isinstance(position, int) else None,
     )
@@ -435,9 +444,7 @@ class Reconciler:
             # An admission's position is an estimate when the plan was cached (a test
             # admitted since is placed last); the writer corrects it after the interval.
             self.positions_wanted.set()
-        metrics.STATUS_WRITES.inc()
-        if new.phase != old.phase:
-            metrics.record_transition(old, new)
+        metrics.record_write(body, old, new)
         return new
 
     async def _hold(self, uid: str, body: Body) -> bool:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from agenttest import queueview
 from agenttest.lifecycle import parse_timestamp
-from agenttest.models import AgentTestStatus, Phase
+from agenttest.models import AgentTestStatus, Backend, Phase
 
 WAITING = frozenset({None, Phase.PENDING, Phase.QUEUED})
 
@@ -51,6 +51,8 @@ class QueueEntry:
     not_before: datetime.datetime | None = None
     # status.queuePosition as the API server has it.
     position: int | None = None
+    # status.backend, set when the test is admitted: what the metrics count it under.
+    backend: Backend | None = None
 
     @property
     def age_key(self) -> tuple[str, str]:

@@ -352,10 +352,14 @@ class FargateExecutor:
                 return LogChunk([], cursor, throttled=True)
             raise
         self._log_backoff.pop(execution_id, None)
-        lines = [event["message"].rstrip("\n") for event in page.get("events", [])]
+        events = page.get("events", [])
+        lines = [event["message"].rstrip("\n") for event in events]
+        # CloudWatch's event timestamp, milliseconds since the epoch.
+        stamp = events[-1].get("timestamp") if events else None
+        newest = stamp / 1000 if isinstance(stamp, int | float) else None
         # An empty page can still carry a new token with events behind it; the
         # token is kept and the next read (one per interval) continues there.
-        return LogChunk(lines, page.get("nextForwardToken") or cursor)
+        return LogChunk(lines, page.get("nextForwardToken") or cursor, newest_at=newest)
 
     # -- stopping ---------------------------------------------------------------
 

@@ -197,6 +197,8 @@ class LocalExecutor:
         offset = int(cursor or 0)
         try:
             with path.open("rb") as log_file:
+                # Lines carry no time here: the file's last write is the newest line's.
+                written_at = os.fstat(log_file.fileno()).st_mtime
                 log_file.seek(offset)
                 data = log_file.read(READ_CHUNK)
         except FileNotFoundError:
@@ -213,7 +215,9 @@ class LocalExecutor:
             end = len(data)
         else:
             end = 0
-        return LogChunk(split_lines(data[:end]), str(offset + end), more=full)
+        lines = split_lines(data[:end])
+        newest = written_at if lines and not full else None
+        return LogChunk(lines, str(offset + end), more=full, newest_at=newest)
 
     async def stop(self, execution_id: str, reason: str) -> None:
         record = self._record(execution_id)

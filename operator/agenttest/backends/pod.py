@@ -415,7 +415,9 @@ class PodExecutor:
                 return LogChunk([], cursor)
             raise
         lines, new_cursor = split_timestamped(str(text), cursor)
-        return LogChunk(lines, new_cursor)
+        # The cursor starts with the newest line's kubelet timestamp, in nanoseconds.
+        newest = int(new_cursor.split(":")[0]) / 1e9 if lines and new_cursor else None
+        return LogChunk(lines, new_cursor, newest_at=newest)
 
     async def stop(self, execution_id: str, reason: str) -> None:
         namespace, name = self._split(execution_id)
