@@ -5,6 +5,10 @@ agenttest crds [--check]   write or check the CRDs in crds/
 agenttest package download|url NAME   fetch a DeploymentPackage
 agenttest report NAME      print a finished test's report (exit 0 passed, 1 failed, 2 none)
 agenttest queue [-n NS|-A] the waiting tests, in order, and why they wait (asks the operator)
+agenttest logs NAME [-f]   a test's log; -f follows it to the end (exit 0 passed, 1 failed)
+agenttest wait NAME        wait until a test finishes (exit 0 passed, 1 failed, 2 timed out)
+agenttest results NAME     a test's per-case results, from its status
+agenttest cancel|retry NAME   stop a test; start a new attempt
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import dataclasses
 import logging
 import sys
 
-from agenttest import leadership, package_cli, queue_cli, report_cli
+from agenttest import follow_cli, leadership, package_cli, queue_cli, report_cli
 from agenttest.settings import Settings, activate
 
 
@@ -78,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agenttest", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "agenttest") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="run the operator")
     run_parser.add_argument("-v", "--verbose", action="store_true")
@@ -88,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     package_cli.add_parser(sub)
     report_cli.add_parser(sub)
     queue_cli.add_parser(sub)
+    follow_cli.add_parsers(sub)
     args, rest = parser.parse_known_args(argv)
     commands = {"package": package_cli.run, "report": report_cli.run, "queue": queue_cli.run}
+    commands.update({command: follow_cli.run for command in follow_cli.COMMANDS})
     if args.command in commands:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -103,15 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     return crdgen.main(rest)
 
 
+PACKAGE_VERBS = ("download", "url")
+
+
 def kubectl_plugin() -> int:
-    """`kubectl agenttest download|url|report NAME`, `kubectl agenttest queue`.
+    """`kubectl agenttest download|url NAME` (the package verbs, without `package`), and
+    every other command as `agenttest` has it: `kubectl agenttest logs -f NAME`, ...
 
     kubectl finds `kubectl-agenttest` on PATH.
     """
     args = sys.argv[1:]
-    if args[:1] in (["report"], ["queue"]):
-        return main(args)
-    return main(["package", *args])
+    if args[:1] and args[0] in PACKAGE_VERBS:
+        args = ["package", *args]
+    return main(args, prog="kubectl agenttest")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agenttest import clientconfig
 from agenttest.models import AGENTTEST_PLURAL, GROUP, PACKAGE_PLURAL, VERSION
 
 MAX_URL_SECONDS = 7 * 24 * 3600  # what S3 allows for a SigV4 presigned URL
@@ -87,13 +88,12 @@ def check_recorded(package: dict[str, Any], test: dict[str, Any] | None) -> None
 
 
 def custom_objects(namespace: str | None) -> tuple[Any, str]:
-    from kubernetes import client, config
+    """The custom objects API as the kubeconfig's user, and the namespace (default: the
+    context's)."""
+    from kubernetes import client
 
-    config.load_kube_config()  # type: ignore[no-untyped-call]
-    if namespace is None:
-        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-        namespace = context.get("context", {}).get("namespace") or "default"
-    return client.CustomObjectsApi(), namespace
+    api, namespace = clientconfig.connect(namespace)
+    return client.CustomObjectsApi(api), namespace
 
 
 def _package(name: str, namespace: str | None) -> dict[str, Any]:

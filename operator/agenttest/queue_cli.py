@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from agenttest import queueview
+from agenttest import clientconfig, queueview
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 2
@@ -61,42 +61,13 @@ class Unreachable(Exception):
     """The operator's queue could not be read; the message says why and what to do."""
 
 
-def _load_kubeconfig() -> Any:
-    from kubernetes import client, config
-
-    config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.CoreV1Api()
-
-
-def _context_namespace() -> str | None:
-    """The current context's namespace, as kubectl would use; None without a kubeconfig."""
-    from kubernetes import config
-
-    try:
-        _, context = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
-    except Exception:
-        return None
-    return str(context.get("context", {}).get("namespace") or "default")
-
-
-def _message(body: object) -> str:
-    """The API server's Status message, or the operator's text, on one line."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and parsed.get("message"):
-        text = str(parsed["message"])
-    return " ".join(text.split())[:300]
-
-
 def via_api_server(operator_namespace: str, service: str, port_name: str) -> dict[str, Any]:
     """GET /queue through the API server's service proxy, as the kubeconfig's user."""
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     try:
-        api = _load_kubeconfig()
+        api: Any = client.CoreV1Api(clientconfig.load())
     except Exception as error:
         raise Unreachable(
             f"no usable kubeconfig ({error}); or give the operator's URL with --url"
@@ -109,7 +80,7 @@ def via_api_server(operator_namespace: str, service: str, port_name: str) -> dic
         )
         data = response.data
     except ApiException as error:
-        detail = _message(error.body) or str(error.reason)
+        detail = clientconfig.status_message(error.body) or str(error.reason)
         if error.status in (401, 403):
             raise Unreachable(
                 f"the API server refused the proxy to {where} ({error.status}: {detail}). "
@@ -147,9 +118,8 @@ def via_url(url: str) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=30) as response:
             data = response.read()
     except urllib.error.HTTPError as error:
-        raise Unreachable(
-            f"the operator at {target} answered {error.code}: {_message(error.read())}"
-        ) from None
+        detail = clientconfig.status_message(error.read())
+        raise Unreachable(f"the operator at {target} answered {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise Unreachable(
@@ -165,7 +135,9 @@ def _document(data: bytes, where: str) -> dict[str, Any]:
     except ValueError:
         document = None
     if not isinstance(document, dict) or not isinstance(document.get("queued"), list):
-        raise Unreachable(f"{where} did not answer with a queue: {_message(data)!r}")
+        raise Unreachable(
+            f"{where} did not answer with a queue: {clientconfig.status_message(data)!r}"
+        )
     return document
 
 
@@ -185,7 +157,7 @@ def queue(
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not all_namespaces and namespace is None:
-        namespace = _context_namespace()
+        namespace = clientconfig.context_namespace()
     document = queueview.only_namespace(document, None if all_namespaces else namespace)
     if output == "json":
         print(json.dumps(document, indent=2))

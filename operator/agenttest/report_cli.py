@@ -119,44 +119,10 @@ def verify(data: bytes, located: Located) -> dict[str, Any]:
     return document
 
 
-def _cut(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _rate(value: object) -> str:
-    return f"{value:.0%}" if isinstance(value, int | float) else "-"
-
-
-def table(document: Mapping[str, Any], failure_width: int = 60) -> str:
-    """One line per case and model, in columns, under a header."""
-    rows = [("CASE", "MODEL", "PASSES", "RATE", "INTERVAL", "FLAKY", "FIRST FAILURE")]
-    for case in document.get("cases") or []:
-        interval = case.get("interval") or {}
-        low, high = interval.get("low"), interval.get("high")
-        failures = case.get("failures") or []
-        rows.append(
-            (
-                str(case.get("name", "")),
-                str(case.get("model", "")),
-                f"{case.get('passes', 0)}/{case.get('trials', 0)}",
-                _rate(case.get("passRate")),
-                f"{_rate(low)}-{_rate(high)}" if low is not None and high is not None else "-",
-                "yes" if case.get("flaky") else "no",
-                _cut(str(failures[0]), failure_width) if failures else "",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 def summary(name: str, phase: str, document: Mapping[str, Any]) -> list[str]:
     lines = [f"{name}: {phase} - {document.get('summary') or ''}".rstrip(" -")]
     if not document.get("passed") and document.get("reason"):
-        lines.append(f"reason: {_cut(str(document['reason']), 300)}")
+        lines.append(f"reason: {reports.cut(str(document['reason']), 300)}")
     for model in document.get("models") or []:
         lines.append(
             f"model {model.get('name')}: {model.get('provider')}/{model.get('modelId')}, "
@@ -206,7 +172,7 @@ def report(
         return EXIT_NO_REPORT
     print("\n".join(summary(name, located.phase, document)))
     print()
-    print(table(document))
+    print(reports.table(document))
     if json_file is not None:
         json_file.write_bytes(data)  # as stored, byte for byte: its sha256 is the recorded one
         print(f"wrote {json_file} (sha256 {located.sha256} verified)")

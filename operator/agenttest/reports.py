@@ -85,3 +85,51 @@ def files(document: Mapping[str, Any]) -> tuple[bytes, bytes]:
     """(report.json, junit.xml) of a stored document, as they are written to S3."""
     data = runner_reports.report_json(document).encode("utf-8")
     return data, runner_reports.render_junit(json.loads(data)).encode("utf-8")
+
+
+# ------------------------------------------------------------------ the table people read
+# `agenttest report` renders a stored report's cases with it, `agenttest results`
+# the cases of a test's status (followview.report_cases puts them in this shape).
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (an ellipsis marks a cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def rate(value: object) -> str:
+    return f"{value:.0%}" if isinstance(value, int | float) else "-"
+
+
+def table(document: Mapping[str, Any], failure_width: int = 60, verdict: bool = False) -> str:
+    """One line per case and model, in columns, under a header.
+
+    ``verdict`` adds RESULT (PASS or FAIL, the case's own verdict): with a
+    passThreshold under 1, PASSES alone does not say it.
+    """
+    header = ["CASE", "MODEL", "PASSES", "RATE", "INTERVAL", "FLAKY", "FIRST FAILURE"]
+    if verdict:
+        header.insert(2, "RESULT")
+    rows = [header]
+    for case in document.get("cases") or []:
+        interval = case.get("interval") or {}
+        low, high = interval.get("low"), interval.get("high")
+        failures = case.get("failures") or []
+        row = [
+            str(case.get("name", "")),
+            str(case.get("model", "")),
+            f"{case.get('passes', 0)}/{case.get('trials', 0)}",
+            rate(case.get("passRate")),
+            f"{rate(low)}-{rate(high)}" if low is not None and high is not None else "-",
+            "yes" if case.get("flaky") else "no",
+            cut(str(failures[0]), failure_width) if failures else "",
+        ]
+        if verdict:
+            row.insert(2, "PASS" if case.get("passed") else "FAIL")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

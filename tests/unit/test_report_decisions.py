@@ -224,7 +224,7 @@ def test_the_cli_checks_the_digest_and_prints_a_row_per_case_and_model() -> None
     document = report_cli.verify(data, located)
     with pytest.raises(report_cli.NoReport, match="not the stored report"):
         report_cli.verify(data + b" ", located)
-    header, *rows = report_cli.table(document).splitlines()
+    header, *rows = reports.table(document).splitlines()
     assert header.split() == [
         "CASE",
         "MODEL",
