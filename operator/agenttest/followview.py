@@ -111,6 +111,7 @@ class Following:
     shown: tuple[str, ...] = ()  # the window as last seen, all of it printed
     # The previous execution's tail, still in status until the new execution prints.
     stale: tuple[str, ...] | None = None
+    observed_retry: str | None = None  # the retry annotation the operator last honoured
 
 
 def advance(following: Following, test: Mapping[str, Any]) -> tuple[Following, list[str]]:
@@ -124,18 +125,22 @@ def advance(following: Following, test: Mapping[str, Any]) -> tuple[Following, l
         # start_attempt clears the tail: everything in it now is the new attempt's.
         if following.attempt > 0:
             message = str(status.get("message") or "")
-            out.append(
-                f"--- {message} ---"
-                if message.startswith(f"attempt {attempt}:")
-                else f"--- attempt {attempt} ---"
-            )
+            if not message.startswith(f"attempt {attempt}:"):  # seen after its first step
+                retried = status.get("observedRetry") != following.observed_retry
+                message = f"attempt {attempt}" + (": retry requested" if retried else "")
+            out.append(f"--- {message} ---")
         following = Following(attempt=attempt, execution=execution)
     elif execution and following.execution and execution != following.execution:
         retries = status.get("infraRetries")
         reason = f" (infrastructure retry {retries})" if retries else ""
         out.append(f"--- new execution {execution}{reason} ---")
         following = Following(attempt, execution, (), following.shown)
-    following = replace(following, attempt=attempt, execution=execution or following.execution)
+    following = replace(
+        following,
+        attempt=attempt,
+        execution=execution or following.execution,
+        observed_retry=status.get("observedRetry"),
+    )
     if following.stale is not None:
         if tail == following.stale:
             return following, out  # the new execution has printed nothing yet

@@ -98,6 +98,8 @@ def test_a_new_attempt_is_announced_and_its_tail_printed_from_the_start() -> Non
     ]
     # Seen only once it ran: the marker still comes, the lines are all new.
     assert printed(first, running)[3:] == ["--- attempt 2 ---", "build", "tick 1"]
+    honoured = read(["build"], attempt=2, execution="exec-2", observed_retry="r2")
+    assert printed(first, honoured)[3:] == ["--- attempt 2: retry requested ---", "build"]
 
 
 def test_the_first_attempt_starting_is_not_announced() -> None:
