@@ -73,3 +73,17 @@ def unreachable(error: BaseException) -> bool:
     if isinstance(error, ApiException):
         return not error.status  # the client's own errors carry status 0 or None
     return isinstance(error, HTTPError | OSError)
+
+
+def failure(error: BaseException) -> str:
+    """Why the API server did not answer, in a few words: the socket's own error
+    ("[Errno 111] Connection refused") rather than urllib3's retry wrapping."""
+    from urllib3.exceptions import HTTPError
+
+    first: BaseException = getattr(error, "reason", None) or error
+    cause: BaseException | None = first
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, HTTPError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return str(first)

@@ -28,6 +28,7 @@ from agenttest.models import AGENTTEST_PLURAL, GROUP, RETRY_ANNOTATION, VERSION
 COMMANDS = ("logs", "wait", "results", "cancel", "retry")
 REQUEST_SECONDS = 30  # one GET or PATCH
 WATCH_SECONDS = 300  # a watch without a deadline is renewed after this
+RECONNECT_SECONDS = 60  # how long a follower waits for an API server that went away
 
 TROUBLE = """\
   2  {also}no such test, the API server refused (RBAC: see below) or could
@@ -42,6 +43,10 @@ ClusterRole agenttest-tester grants (manifests/tester-role.yaml), e.g.
 
 class Trouble(Exception):
     """The command cannot go on; the message says why (exit status 2)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # the API server did not answer at all
 
 
 class Session:
@@ -63,7 +68,7 @@ class Session:
         detail = clientconfig.status_message(error.body) or str(error.reason)
         where = f"namespace {self.namespace}"
         if not error.status:
-            return Trouble(f"cannot reach the API server at {self.server}: {detail}")
+            return Trouble(f"cannot reach the API server at {self.server}: {detail}", True)
         if error.status == 404:
             return Trouble(f"no AgentTest {self.name} in {where}")
         if error.status == 401:
@@ -91,7 +96,10 @@ class Session:
             raise self._refused(error, verb) from None
         except Exception as error:
             if clientconfig.unreachable(error):
-                raise Trouble(f"cannot reach the API server at {self.server}: {error}") from None
+                message = (
+                    f"cannot reach the API server at {self.server}: {clientconfig.failure(error)}"
+                )
+                raise Trouble(message, unreachable=True) from None
             raise
 
     def get(self) -> dict[str, Any]:
@@ -121,6 +129,20 @@ class Session:
             _request_timeout=REQUEST_SECONDS,
         )
         return dict(changed)
+
+    def _reread(self, deadline: float | None) -> dict[str, Any]:
+        """The test, read again after a watch dropped: a short outage of the API server
+        (a restart, an upgrade) is waited out, up to RECONNECT_SECONDS."""
+        give_up = time.monotonic() + RECONNECT_SECONDS
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            try:
+                return self.get()
+            except Trouble as trouble:
+                if not trouble.unreachable or time.monotonic() >= give_up:
+                    raise
+            time.sleep(1)
 
     def updates(self, deadline: float | None = None) -> Iterator[dict[str, Any]]:
         """The test as read now, then as it is after each change, until ``deadline``
@@ -164,8 +186,8 @@ class Session:
                     raise
             finally:
                 watcher.stop()  # type: ignore[no-untyped-call]
-            # Expired or dropped: read the test again (Trouble if the server is gone).
-            test = self.get()
+            # Expired or dropped: read the test again.
+            test = self._reread(deadline)
             version = test["metadata"]["resourceVersion"]
             yield test
 

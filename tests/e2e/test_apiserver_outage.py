@@ -4,12 +4,16 @@ The outage has a control plane of its own (this module's `cluster`, which the
 shared fixtures pick up in its place), so no other test sees its API server go.
 While it is down the operator can neither read nor write an AgentTest; the
 execution goes on. Once it is back, the test must end as if nothing happened,
-its log tail holding every line of the run once, in order.
+its log tail holding every line of the run once, in order; and
+`kubectl agenttest logs -f`, following it throughout, prints each line once.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +65,26 @@ def test_an_apiserver_outage_mid_run_loses_and_repeats_no_line(
         )
     )
 
+    follower = subprocess.Popen(
+        [
+            str(kube.cluster.binaries.kubectl),
+            "agenttest",
+            "logs",
+            "-f",
+            "ticks",
+            "-n",
+            kube.namespace,
+        ],
+        env={
+            **os.environ,
+            "KUBECONFIG": str(kube.cluster.kubeconfig),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def tail() -> str:
         return str(kube.get("ticks").get("status", {}).get("logTail") or "")
 
@@ -82,3 +106,11 @@ def test_an_apiserver_outage_mid_run_loses_and_repeats_no_line(
     ticks = re.findall(r"tick (\d{3})", status["logTail"])
     assert ticks == [f"{n:03d}" for n in range(LINES)], status["logTail"]
     assert "case greets: PASS" in status["logTail"]
+
+    # The follower waited out the outage, then went on where it was.
+    try:
+        out, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert re.findall(r"tick (\d{3})", out) == [f"{n:03d}" for n in range(LINES)], out

@@ -178,7 +178,9 @@ def test_wait_gives_up_with_2_and_so_do_missing_refused_and_unreachable(
     gone.write_text(nobody.read_text().replace(kube.cluster.url, "https://127.0.0.1:9"))
     unreachable = plugin(kube, "wait", "stuck", kubeconfig=gone)
     assert unreachable.returncode == 2
-    assert "cannot reach the API server at https://127.0.0.1:9" in unreachable.stderr
+    assert "cannot reach the API server at https://127.0.0.1:9: [Errno 111] Connection refused" in (
+        unreachable.stderr
+    )
     assert "Traceback" not in missing.stderr + refused.stderr + unreachable.stderr
 
 
