@@ -18,7 +18,14 @@ from typing import Any
 from agenttest.runner.protocol import AGENT_PREFIX
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from support import SIMPLE_AGENT, Kube, Operator, agent_test, service_account_kubeconfig
+from support import (
+    MANIFESTS,
+    SIMPLE_AGENT,
+    Kube,
+    Operator,
+    agent_test,
+    service_account_kubeconfig,
+)
 
 StartOperator = Callable[..., Operator]
 VENV_BIN = Path(sys.executable).parent
@@ -208,19 +215,34 @@ def test_retry_starts_attempt_2_which_logs_follow_keeps_following(
 
 
 def test_cancel_makes_a_running_test_cancelled(
-    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer
+    kube: Kube, start_operator: StartOperator, model_server: ScriptedModelServer, tmp_path: Path
 ) -> None:
+    """As a tester holding only the ClusterRole agenttest-tester: it is all the commands need."""
+    kube.cluster.kubectl("apply", "-f", str(MANIFESTS / "tester-role.yaml"))
+    kube.run("create", "serviceaccount", "tester")
+    kube.run(
+        "create",
+        "rolebinding",
+        "tester",
+        "--clusterrole=agenttest-tester",
+        f"--serviceaccount={kube.namespace}:tester",
+    )
+    tester = service_account_kubeconfig(
+        kube.cluster, tmp_path / "tester.kubeconfig", kube.namespace, "tester", kube.namespace
+    )
     start_operator()
     kube.apply(agent_test("long", ticking_agent(lines=300, every=0.2), model_server.url))
     kube.wait_for("the agent to tick", lambda: "tick 2" in tail(kube, "long"))
 
-    cancelled = plugin(kube, "cancel", "long")
+    cancelled = plugin(kube, "cancel", "long", kubeconfig=tester)
     assert cancelled.returncode == 0, cancelled.stderr
     assert "cancel requested" in cancelled.stdout
-    waited = plugin(kube, "wait", "long", "--timeout", "30")
+    waited = plugin(kube, "wait", "long", "--timeout", "30", kubeconfig=tester)
     assert waited.returncode == 1, waited.stderr
     assert waited.stdout.startswith("long: Cancelled")
     status: dict[str, Any] = kube.get("long")["status"]
     assert status["phase"] == "Cancelled"
-    again = plugin(kube, "cancel", "long")
+    logs = plugin(kube, "logs", "long", kubeconfig=tester)
+    assert logs.returncode == 0 and ticks(logs.stdout.splitlines())[:3] == [0, 1, 2]
+    again = plugin(kube, "cancel", "long", kubeconfig=tester)
     assert again.returncode == 0 and "already finished (Cancelled)" in again.stdout
