@@ -187,6 +187,40 @@ def agent(model):
 """
 
 
+def ticking_agent(lines: int, every: float, line: str = "tick {n}") -> str:
+    """An agent that prints ``lines`` lines, ``every`` seconds apart, before it answers.
+
+    ``line`` is the body of an f-string in the agent, with ``n`` the line's number
+    (and ``time`` imported): ``"tick {n:03d}"``, ``"tick {n} {time.time():.6f}"``.
+    """
+    return f"""
+import time
+for n in range({lines}):
+    print(f"{line}", flush=True)
+    time.sleep({every})
+{SIMPLE_AGENT}"""
+
+
+def kustomize_with_component(
+    cluster: devcluster.Cluster, directory: Path, component: str
+) -> list[dict[str, Any]]:
+    """The base with one of its components, from an overlay of the user's own (as documented)."""
+    directory.mkdir()
+    relative = Path(os.path.relpath(MANIFESTS, directory))
+    (directory / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative)],
+                "components": [str(relative / component)],
+            }
+        )
+    )
+    text = cluster.kubectl("kustomize", str(directory)).stdout
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
 def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:

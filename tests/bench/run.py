@@ -72,6 +72,7 @@ from agenttest_dev.fargate import AwsEnvironment, FargatePlayer
 from agenttest_dev.modelserver import ScriptedModelServer
 from agenttest_dev.node import FakeKubelet
 
+import support
 from support import SIMPLE_AGENT, Operator, agent_test
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,12 +81,7 @@ PLURAL = AGENTTEST_PLURAL
 
 def ticking_agent(lines: int, every: float) -> str:
     """An agent whose module prints `tick N <its own time>` lines, for log latency."""
-    return f"""
-import time
-for n in range({lines}):
-    print(f"tick {{n}} {{time.time():.6f}}", flush=True)
-    time.sleep({every})
-{SIMPLE_AGENT}"""
+    return support.ticking_agent(lines, every, "tick {n} {time.time():.6f}")
 
 
 def manifest(name: str, source: str, endpoint: str, backend: str = "local") -> dict[str, Any]:

@@ -22,7 +22,8 @@ import pytest
 from agenttest_dev import devcluster
 from agenttest_dev.modelserver import ScriptedModelServer
 
-from support import CRDS, SIMPLE_AGENT, Kube, Operator, agent_test, install_operator_identity
+import support
+from support import CRDS, Kube, Operator, agent_test, install_operator_identity
 
 StartOperator = Callable[..., Operator]
 
@@ -44,12 +45,7 @@ def cluster() -> Iterator[devcluster.Cluster]:
 
 def ticking_agent(lines: int, every: float) -> str:
     """An agent that prints `tick NNN` lines for a while before it answers."""
-    return f"""
-import time
-for n in range({lines}):
-    print(f"tick {{n:03d}}", flush=True)
-    time.sleep({every})
-{SIMPLE_AGENT}"""
+    return support.ticking_agent(lines, every, "tick {n:03d}")
 
 
 def test_an_apiserver_outage_mid_run_loses_and_repeats_no_line(

@@ -138,7 +138,9 @@ def test_timeout_stops_the_task(
 ) -> None:
     start_fargate_operator()
     source = SLEEPING_AGENT.format(seconds=300)
-    kube.apply(on_fargate("slow", source, model_server.url, timeoutSeconds=4))
+    # Long enough for the agent's import and first line on a loaded machine (4 s was
+    # not, beside a whole suite), short enough to end long before the agent would.
+    kube.apply(on_fargate("slow", source, model_server.url, timeoutSeconds=12))
     status = kube.wait_for_phase("slow", "TimedOut", "Failed", "Succeeded", "Error")["status"]
     assert status["phase"] == "TimedOut"
     [task_arn] = player.tasks()

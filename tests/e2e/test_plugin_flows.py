@@ -25,21 +25,12 @@ from support import (
     Operator,
     agent_test,
     service_account_kubeconfig,
+    ticking_agent,
 )
 
 StartOperator = Callable[..., Operator]
 VENV_BIN = Path(sys.executable).parent
 FAILING = [{"name": "departs", "query": "Say hello", "expect": {"contains": ["goodbye"]}}]
-
-
-def ticking_agent(lines: int, every: float) -> str:
-    """An agent that prints `tick N` lines over time before it answers."""
-    return f"""
-import time
-for n in range({lines}):
-    print(f"tick {{n}}", flush=True)
-    time.sleep({every})
-{SIMPLE_AGENT}"""
 
 
 def plugin_env(kubeconfig: Path) -> dict[str, str]:

@@ -10,7 +10,6 @@ component) is enough in the namespaces it names and gives nothing elsewhere.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from support import (
     Kube,
     Operator,
     agent_test,
+    kustomize_with_component,
     service_account_kubeconfig,
 )
 
@@ -444,21 +444,8 @@ def test_only_the_operators_lease_is_writable_and_only_in_its_namespace(
 
 
 def namespaced_install(cluster: devcluster.Cluster, directory: Path) -> list[dict[str, Any]]:
-    """The base with the namespaced component, from an overlay of the user's own (as documented)."""
-    directory.mkdir()
-    relative = Path(os.path.relpath(MANIFESTS, directory))
-    (directory / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(relative)],
-                "components": [str(relative / "namespaced")],
-            }
-        )
-    )
-    text = cluster.kubectl("kustomize", str(directory)).stdout
-    return [document for document in yaml.safe_load_all(text) if document]
+    """The base with the namespaced component."""
+    return kustomize_with_component(cluster, directory, "namespaced")
 
 
 def test_namespaced_install_binds_the_operator_only_where_it_watches(

@@ -14,7 +14,6 @@ would be admitted (namespace, labels) after kustomize rendered it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 
 from agenttest_dev import devcluster
 
-from support import MANIFESTS, SYSTEM_NAMESPACE
+from support import MANIFESTS, SYSTEM_NAMESPACE, kustomize_with_component
 
 MONITORING = MANIFESTS / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
@@ -111,21 +110,8 @@ SERVICE_MONITOR_CRD: dict[str, Any] = {
 
 
 def with_monitoring(cluster: devcluster.Cluster, directory: Path) -> list[dict[str, Any]]:
-    """The base with the monitoring component, from an overlay of the user's own (as documented)."""
-    directory.mkdir()
-    relative = Path(os.path.relpath(MANIFESTS, directory))
-    (directory / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [str(relative)],
-                "components": [str(relative / "monitoring")],
-            }
-        )
-    )
-    text = cluster.kubectl("kustomize", str(directory)).stdout
-    return [document for document in yaml.safe_load_all(text) if document]
+    """The base with the monitoring component."""
+    return kustomize_with_component(cluster, directory, "monitoring")
 
 
 def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
