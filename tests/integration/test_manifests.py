@@ -65,6 +65,7 @@ def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Clust
     documents = render(cluster)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
         ("ClusterRole", "agenttest-operator"),
+        ("ClusterRole", "agenttest-model-credentials"),
         ("ClusterRole", "agenttest-operator-cluster"),
         ("ClusterRole", "agenttest-queue-viewer"),
         ("ClusterRole", "agenttest-tester"),

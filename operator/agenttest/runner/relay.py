@@ -55,10 +55,17 @@ class Relay:
     """
 
     def __init__(
-        self, stream: IO[bytes], emit: Callable[[str], None], budget: Budget, name: str
+        self,
+        stream: IO[bytes],
+        emit: Callable[[str], None],
+        budget: Budget,
+        name: str,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self._stream = stream
         self._emit = emit
+        # Masks secrets in a whole line, before it is cut, so no cut splits one unmasked.
+        self._redact = redact
         self._budget = budget
         self._pending = b""
         self._lock = threading.Lock()
@@ -108,7 +115,7 @@ class Relay:
     def _line(self, data: bytes) -> None:
         if not self._budget.take(len(data) + 1):
             return
-        for piece in split_long(safe_text(data)):
+        for piece in split_long(self._redact(safe_text(data))):
             self._emit(piece)
 
 
