@@ -133,8 +133,10 @@ def usable(where: str, labels: Mapping[str, str] | None) -> None:
     """Raise unless the Secret is labelled for use as a model credential."""
     if (labels or {}).get(CREDENTIALS_LABEL) != "true":
         raise CredentialsUnavailable(
-            f"{where} is not labelled {CREDENTIALS_LABEL}=true, which a Secret must be "
-            "to serve as a model credential"
+            # Not "label=true": the operator's redaction masks what follows a name
+            # with "credential" in it and "=" or ":" after, the value included.
+            f"{where} is not labelled for use by AgentTests; label it {CREDENTIALS_LABEL} "
+            "with the value true"
         )
 
 
