@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -296,3 +297,43 @@ def test_bedrock_calls_are_signed_as_the_assumed_role(moto_sts: str) -> None:
     assert key_id.startswith("ASIA")
     assert all("X-Amz-Security-Token" not in a for a in authorizations)
     assert all(request.headers.get("x-amz-security-token") for request in model.bedrock_requests)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_the_relay_masks_a_value_across_the_cut_of_an_endless_line() -> None:
+    import os
+    import threading
+
+    from agenttest.runner.relay import LINE_LIMIT, Budget, Relay, _waiting_bytes
+
+    redactor = modelauth.Redactor([TOKEN])
+    relayed: list[str] = []
+    lock = threading.Lock()
+
+    def emit(line: str) -> None:
+        with lock:
+            relayed.append(line)
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as stream:
+        relay = Relay(stream, emit, Budget(), "stdout", redactor.raw, redactor.longest).start()
+        # No newline for far longer than a piece; the token lies across where a cut
+        # without the hold-back would fall, and arrives in two writes.
+        text = ("x" * (LINE_LIMIT * 4 - 5) + TOKEN + "y" * LINE_LIMIT * 5).encode()
+        split = LINE_LIMIT * 4 + 5  # past the cut, in the middle of the token
+        os.write(write_end, text[:split])
+        # Read before the rest is written: the relay has a partial token in hand.
+        wait_until(lambda: _waiting_bytes(stream) == 0)
+        os.write(write_end, text[split:])
+        os.close(write_end)
+        relay.join(timeout=10)
+    joined = "".join(relayed)
+    assert TOKEN not in joined
+    assert joined.count("[REDACTED]") == 1
+    assert len(joined) == len(text) - len(TOKEN) + len("[REDACTED]")

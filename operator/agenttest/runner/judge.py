@@ -138,9 +138,11 @@ class AgentHost:
         budget = Budget()
         self.budget = budget
         assert self.process.stdout is not None and self.process.stderr is not None
+        redactor = out.redactor
+        redact, hold = (redactor.raw, redactor.longest) if redactor else (None, 0)
         self.relays = [
-            Relay(self.process.stdout, out.relay, budget, "stdout", out.redact).start(),
-            Relay(self.process.stderr, out.relay, budget, "stderr", out.redact).start(),
+            Relay(self.process.stdout, out.relay, budget, "stdout", redact, hold).start(),
+            Relay(self.process.stderr, out.relay, budget, "stderr", redact, hold).start(),
         ]
 
     def gone(self) -> str:

@@ -103,6 +103,19 @@ class Redactor:
                 forms.add(json.dumps(value)[1:-1])  # as it reads inside a JSON string
         # Longest first, so a value containing another is masked whole.
         self._forms = sorted(forms, key=len, reverse=True)
+        self._raw = sorted({value.encode() for value in values if value}, key=len, reverse=True)
+
+    @property
+    def longest(self) -> int:
+        """Bytes of the longest value: how much output to hold back before cutting it."""
+        return max((len(value) for value in self._raw), default=0)
+
+    def raw(self, data: bytes) -> bytes:
+        """Output bytes (the agent host's, as printed) with every value masked."""
+        for value in self._raw:
+            if value in data:
+                data = data.replace(value, self.MASK.encode())
+        return data
 
     def __bool__(self) -> bool:
         return bool(self._forms)

@@ -491,6 +491,11 @@ class Redacting(Protocol):
 
     def value(self, value: Any) -> Any: ...
 
+    def raw(self, data: bytes) -> bytes: ...
+
+    @property
+    def longest(self) -> int: ...
+
 
 class Emitter:
     """Writes lines to the log stream, flushing each, and keeps the result line last.
