@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from agenttest_dev.modelserver import ScriptedModelServer
+from agenttest_dev.node import FakeKubelet
 
 from support import (
     MANIFESTS,
@@ -26,6 +28,7 @@ from support import (
     Kube,
     Operator,
     agent_test,
+    on_pod,
 )
 
 StartOperator = Callable[..., Operator]
@@ -144,6 +147,30 @@ def test_the_token_reaches_the_model_and_nothing_the_agent_can_see(
     events = kube.run("get", "events", "-o", "yaml").stdout
     assert TOKEN not in everything + events
     assert b64(TOKEN) not in everything + events
+
+
+def test_on_a_pod_the_token_reaches_the_judge_alone(
+    restricted: Kube,
+    kubelet: FakeKubelet,
+    start_operator: StartOperator,
+    guarded_model: ScriptedModelServer,
+) -> None:
+    kube = restricted
+    grant_secret_reads(kube)
+    kube.apply(secret("model-token", token=TOKEN))
+    start_operator()
+    cases = [{"name": "echoes", "query": ECHO_QUESTION, "expect": {"contains": ["of course"]}}]
+    manifest = on_pod("in-pod", SNOOPING_AGENT, guarded_model.url, cases=cases)
+    kube.apply(with_credentials(manifest, "model-token"))
+    status = kube.wait_for_phase("in-pod", "Succeeded", "Failed", "Error", "TimedOut")["status"]
+    assert status["phase"] == "Succeeded", (status.get("message"), status.get("logTail"))
+    assert "credential found in: nowhere" in status["logTail"]
+    assert status["cases"][0]["output"] == "I was called with [REDACTED], of course."
+    [pod] = [p for p in kube.get_all("pods") if p["metadata"]["name"].startswith("at-")]
+    # The kubelet's own log of the container is masked too: the judge masked it.
+    logs = kube.run("logs", pod["metadata"]["name"]).stdout
+    assert "I was called with [REDACTED]" in logs and TOKEN not in logs
+    assert TOKEN not in json.dumps(pod)
 
 
 def test_without_the_secret_the_model_refuses_and_the_case_fails(
