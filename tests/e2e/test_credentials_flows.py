@@ -136,6 +136,7 @@ def test_the_token_reaches_the_model_and_nothing_the_agent_can_see(
     assert status["phase"] == "Succeeded", (status.get("message"), status.get("logTail"))
 
     tail = status["logTail"]
+    assert "through the judge's gateway, with its credentialsSecretRef" in tail
     assert "credential found in: nowhere" in tail, tail
     # The model's answer carried the token: the agent printed it, the judge masked it
     # in the tail and in the result, and the check still saw the rest of the answer.

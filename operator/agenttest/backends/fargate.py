@@ -273,7 +273,14 @@ class FargateExecutor:
 
     async def _config_environment(self, request: LaunchRequest) -> dict[str, str]:
         text = json.dumps(request.runner_config, separators=(",", ":"))
-        if len(text.encode()) <= MAX_INLINE_CONFIG:
+        # The models' credentials share the overrides' 8 KiB (and never go to S3).
+        credentials = len(json.dumps(request.model_credentials)) if request.model_credentials else 0
+        if credentials > MAX_INLINE_CONFIG // 2:
+            raise LaunchRefused(
+                f"the models' credentials take {credentials} bytes, more than Fargate's "
+                f"container overrides can carry beside the configuration ({MAX_INLINE_CONFIG // 2})"
+            )
+        if len(text.encode()) <= MAX_INLINE_CONFIG - credentials:
             return {CONFIG_ENV: text}
         if not self.config.config_bucket:
             raise LaunchRefused(

@@ -523,6 +523,7 @@ class Run:
                     f"model {model.provider}/{model.model_id} at {model.describe()}, "
                     "through the judge's gateway"
                     + (f" (matrix entry {model.name})" if len(config.models) > 1 else "")
+                    + (", with its credentialsSecretRef" if model.name in self.credentials else "")
                 )
             evaluation = evaluators.module()
             judge = self._judge_model(judge_gateway)
