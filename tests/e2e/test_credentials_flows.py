@@ -174,6 +174,48 @@ def test_on_a_pod_the_token_reaches_the_judge_alone(
     assert TOKEN not in json.dumps(pod)
 
 
+def test_each_model_of_a_matrix_gets_its_own_credential(
+    kube: Kube, start_operator: StartOperator
+) -> None:
+    grant_secret_reads(kube)
+    kube.apply(
+        secret("first-token", token="first-" + TOKEN),
+        secret("second-header", header="X-Api-Key", value="second-" + TOKEN),
+    )
+    start_operator()
+    script = [{"match": "hello", "reply": "Hello from the guarded model."}]
+    with (
+        ScriptedModelServer.from_script(
+            script, required_headers={"Authorization": f"Bearer first-{TOKEN}"}
+        ) as first,
+        ScriptedModelServer.from_script(
+            script, required_headers={"X-Api-Key": f"second-{TOKEN}"}
+        ) as second,
+    ):
+        manifest = agent_test("matrix", SIMPLE_AGENT, first.url)
+        del manifest["spec"]["model"]
+        manifest["spec"]["models"] = [
+            {
+                "name": name,
+                "provider": "ollama",
+                "modelId": "scripted",
+                "endpoint": server.url,
+                "credentialsSecretRef": {"name": secret_name},
+            }
+            for name, server, secret_name in (
+                ("first", first, "first-token"),
+                ("second", second, "second-header"),
+            )
+        ]
+        manifest["spec"]["cases"] = [
+            {"name": "greets", "query": "Say hello", "expect": {"contains": ["guarded"]}}
+        ]
+        kube.apply(manifest)
+        status = kube.wait_for_phase("matrix", "Succeeded", "Failed", "Error")["status"]
+        assert (len(first.requests), len(second.requests)) == (1, 1)
+    assert status["phase"] == "Succeeded", (status.get("message"), status.get("logTail"))
+
+
 def test_without_the_secret_the_model_refuses_and_the_case_fails(
     kube: Kube, start_operator: StartOperator, guarded_model: ScriptedModelServer
 ) -> None:
