@@ -17,8 +17,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agenttest import crashpoints, faults, lifecycle, logtail, metrics, packaging, reports, runkeys
+from agenttest import (
+    crashpoints,
+    credentials,
+    faults,
+    lifecycle,
+    logtail,
+    metrics,
+    packaging,
+    reports,
+    runkeys,
+)
 from agenttest.backends.base import BackendUnavailable, Executor, LaunchRefused
+from agenttest.credentials import CredentialsUnavailable
 from agenttest.executions import ExecutionKey, ExecutionState, LaunchRequest, Observation
 from agenttest.lifecycle import Act, Next
 from agenttest.models import AgentTest, AgentTestStatus, Backend, PackageRef, Phase, Reports
@@ -222,6 +233,7 @@ async def _try_launch(
         store = publisher.snapshots if publisher is not None else None
         grants = s3_grants(rt.settings.s3_source_allow)
         snapshot = await attempt_snapshot(test, grants, store)
+        model_credentials = await credentials.read_for(test.namespace, test.spec)
         execution_id = await executor.launch(
             LaunchRequest(
                 key=key,
@@ -232,9 +244,10 @@ async def _try_launch(
                 cpu=test.spec.resources.cpu,
                 memory=test.spec.resources.memory,
                 run_key=runkeys.derive(rt.signing_secret, key),
+                model_credentials=model_credentials,
             )
         )
-    except (SourceUnavailable, LaunchRefused) as error:
+    except (SourceUnavailable, CredentialsUnavailable, LaunchRefused) as error:
         return lifecycle.finish(status, Phase.ERROR, str(error), now)
     except Exception as error:
         deferrals = rt.launch_deferrals.get(key, 0)

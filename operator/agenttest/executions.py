@@ -35,6 +35,9 @@ class LaunchRequest:
     timeout_seconds: int
     # The execution's signing key (hex): only the judge may ever see it.
     run_key: str = ""
+    # The models' credentials (credentials.read_for), by matrix entry: for the judge's
+    # environment only, like the run key. Empty when no model names one.
+    model_credentials: dict[str, dict[str, str]] = field(default_factory=dict)
     cpu: str = "1"
     memory: str = "2Gi"
 

@@ -290,6 +290,15 @@ async def read_secret(namespace: str, name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (secret.data or {}).items()}
 
 
+async def read_secret_labelled(namespace: str, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A Secret's labels and its (base64) data."""
+    from kubernetes import client
+
+    secret = await call(client.CoreV1Api().read_namespaced_secret, name, namespace)
+    labels = secret.metadata.labels if secret.metadata is not None else None
+    return dict(labels or {}), {str(k): str(v) for k, v in (secret.data or {}).items()}
+
+
 async def create_event(namespace: str, body: dict[str, Any]) -> None:
     """Post a core/v1 Event; the answer is not read into a model (nobody uses it)."""
     from kubernetes import client

@@ -146,6 +146,38 @@ class ModelProvider(StrEnum):
     BEDROCK = "bedrock"
 
 
+# A Secret's name: a DNS subdomain (RFC 1123), as the API server requires of it.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class CredentialsSecretRef(ApiModel):
+    """A Secret in the test's namespace holding the model's credential.
+
+    Only the judge's model gateway ever holds its values: the agent sees neither the
+    Secret nor its keys. Keys by provider (exactly one form):
+
+    * ollama: ``token`` (sent as ``Authorization: Bearer <token>``), or ``header`` and
+      ``value`` (sent as ``<header>: <value>``);
+    * bedrock: ``aws_access_key_id`` and ``aws_secret_access_key`` (and optionally
+      ``aws_session_token``), or ``role_arn`` (assumed with STS using the execution's own
+      AWS credentials; optionally ``external_id``).
+
+    The Secret must carry the label ``agenttest.dev/model-credentials: "true"``.
+    """
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_NAME_PATTERN,
+        description=(
+            "Name of a Secret in the test's namespace, labelled agenttest.dev/model-credentials"
+            "=true. ollama: key token (Authorization: Bearer), or keys header and value; "
+            "bedrock: keys aws_access_key_id and aws_secret_access_key (optional "
+            "aws_session_token), or key role_arn (optional external_id)."
+        ),
+    )
+
+
 class ModelSpec(ApiModel):
     """The model the agent talks to."""
 
@@ -190,6 +222,14 @@ class ModelSpec(ApiModel):
     )
     temperature: float | None = Field(
         default=None, ge=0, le=2, description="Sampling temperature passed to the model."
+    )
+    credentials_secret_ref: CredentialsSecretRef | None = Field(
+        default=None,
+        description=(
+            "A Secret in the test's namespace with the model's credential, which only the "
+            "judge's gateway uses (the agent never sees it). Default: none (Ollama without "
+            "authentication; Bedrock signed with the execution's own AWS credentials)."
+        ),
     )
 
 

@@ -952,6 +952,10 @@ def encode_event(event_type: str, payload: Mapping[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- HTTP
 
 
+# The access key id in a SigV4 Authorization header.
+_SIGV4_CREDENTIAL = re.compile(r"Credential=(?P<key_id>[^/,\s]+)/")
+
+
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so streamed answers can use chunked encoding, as real Ollama does.
     protocol_version = "HTTP/1.1"
@@ -970,8 +974,24 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_bytes(HTTPStatus.NOT_FOUND, b"", "text/plain; charset=utf-8")
 
+    def _refused(self) -> bool:
+        """Answer 401/403 (and True) when the server's credential requirement is not met."""
+        owner = self.server.owner
+        for name, value in owner.required_headers.items():
+            if self.headers.get(name) != value:
+                self._send_error(HTTPStatus.UNAUTHORIZED, f"missing or wrong {name} header")
+                return True
+        if owner.required_access_key_id and BEDROCK_PATH.match(urlsplit(self.path).path):
+            credential = _SIGV4_CREDENTIAL.search(self.headers.get("Authorization", ""))
+            if credential is None or credential["key_id"] != owner.required_access_key_id:
+                self._send_error(HTTPStatus.FORBIDDEN, "not signed with the expected access key")
+                return True
+        return False
+
     def do_GET(self) -> None:
         owner = self.server.owner
+        if self._refused():
+            return
         if self.path == "/":
             self._send_bytes(HTTPStatus.OK, b"Ollama is running", "text/plain; charset=utf-8")
         elif self.path == "/api/version":
@@ -983,6 +1003,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._read_body()
+        if self._refused():
+            return
         path = urlsplit(self.path).path
         bedrock = BEDROCK_PATH.match(path)
         if path not in ("/api/chat", "/api/show") and bedrock is None:
@@ -1073,7 +1095,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
-        code = "ValidationException" if status == HTTPStatus.BAD_REQUEST else "NotFoundException"
+        code = {
+            HTTPStatus.BAD_REQUEST: "ValidationException",
+            HTTPStatus.UNAUTHORIZED: "AccessDeniedException",
+            HTTPStatus.FORBIDDEN: "AccessDeniedException",
+        }.get(status, "NotFoundException")
         self.send_header("x-amzn-ErrorType", code)
         self.end_headers()
         self.wfile.write(body)
@@ -1116,6 +1142,11 @@ class ScriptedModelServer:
     port: int = 0
     model_name: str = DEFAULT_MODEL_NAME
     log_requests: bool = False
+    # Like a model behind an authenticating proxy: every request must carry these
+    # headers (else 401), and Bedrock calls must be SigV4-signed with this access key
+    # id (else 403; the signature itself is not checked).
+    required_headers: Mapping[str, str] = field(default_factory=dict)
+    required_access_key_id: str = ""
     stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _requests: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _bedrock_requests: list[BedrockRequest] = field(default_factory=list, init=False, repr=False)

@@ -134,6 +134,31 @@ INVALID = {
         with_spec(judgeModel={"provider": "bedrock", "modelId": "anthropic.claude"}),
         "spec.judgeModel: Required value: region is required when provider is bedrock",
     ),
+    # Model credentials: a Secret's name, wherever a model is described.
+    "credentials secret name with upper case": (
+        with_model(
+            provider="ollama",
+            modelId="m",
+            endpoint=ENDPOINT,
+            credentialsSecretRef={"name": "Model-Key"},
+        ),
+        "spec.model.credentialsSecretRef.name in body should match",
+    ),
+    "credentials secret without a name": (
+        with_models(entry("a", credentialsSecretRef={})),
+        "spec.models[0].credentialsSecretRef.name: Required value",
+    ),
+    "judge model credentials secret name with a slash": (
+        with_spec(
+            judgeModel={
+                "provider": "ollama",
+                "modelId": "m",
+                "endpoint": ENDPOINT,
+                "credentialsSecretRef": {"name": "ns/key"},
+            }
+        ),
+        "spec.judgeModel.credentialsSecretRef.name in body should match",
+    ),
     # Expectations.
     "unknown tool sequence match": (
         with_expect(toolSequence={"tools": ["a"], "match": "random"}),
@@ -267,6 +292,24 @@ def test_every_new_field_at_once_is_accepted_and_kept(kube: Kube) -> None:
     assert "model" not in stored
 
 
+def test_credentials_secret_refs_are_kept_for_every_model(kube: Kube) -> None:
+    manifest = with_models(
+        entry("small", credentialsSecretRef={"name": "ollama-token"}),
+        entry("big", provider="bedrock", modelId="m", region="eu-west-1"),
+    )
+    manifest["spec"]["judgeModel"] = {
+        "provider": "bedrock",
+        "modelId": "anthropic.claude",
+        "region": "eu-west-1",
+        "credentialsSecretRef": {"name": "bedrock.keys"},
+    }
+    kube.apply(manifest)
+    stored = kube.get("valid")["spec"]
+    assert stored["models"][0]["credentialsSecretRef"] == {"name": "ollama-token"}
+    assert "credentialsSecretRef" not in stored["models"][1]
+    assert stored["judgeModel"]["credentialsSecretRef"] == {"name": "bedrock.keys"}
+
+
 def test_new_fields_default(kube: Kube) -> None:
     kube.apply(valid())
     stored = kube.get("valid")["spec"]
@@ -286,6 +329,8 @@ EXPLAINED = {
     "spec.cases.expect.toolSequence.match": "inOrder: these appear in this order",
     "spec.models": "A model matrix: every case runs against each of these 1 to 5 models",
     "spec.models.name": "Name of the entry, unique in the test",
+    "spec.model.credentialsSecretRef": "only the judge's gateway uses",
+    "spec.model.credentialsSecretRef.name": "labelled agenttest.dev/model-credentials=true",
 }
 
 

@@ -64,6 +64,7 @@ def installed(cluster: devcluster.Cluster) -> list[dict[str, Any]]:
 def test_base_renders_the_operator_and_its_guard_rails(cluster: devcluster.Cluster) -> None:
     documents = render(cluster)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in documents) == [
+        ("ClusterRole", "agenttest-model-credentials"),
         ("ClusterRole", "agenttest-operator"),
         ("ClusterRole", "agenttest-operator-cluster"),
         ("ClusterRole", "agenttest-queue-viewer"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -127,3 +129,59 @@ def test_run_task_arguments_for_spot_and_on_demand() -> None:
     # Appended to the image's ENTRYPOINT: the judge under a timer at timeout + margin.
     assert container["command"] == ["--deadline", "75"]
     assert {"key": "agenttest.dev/attempt", "value": "2"} in demand["tags"]
+
+
+def test_model_credentials_go_to_the_judges_container_environment() -> None:
+    config = FargateConfig(
+        cluster="c", task_definition="td", container="runner", subnets=("s-1",),
+        security_groups=("sg-1",), assign_public_ip=False, use_spot=False,
+        log_group="/g", log_stream_prefix="p", config_bucket="", stop_timeout=5.0,
+    )  # fmt: skip
+    credentials = {"default": {"aws_access_key_id": "AKIAX", "aws_secret_access_key": "sk"}}
+    request = LaunchRequest(
+        key=ExecutionKey("0123456789abcdef-uid-0123456789ab", 1),
+        namespace="team",
+        test_name="t",
+        runner_config={},
+        timeout_seconds=60,
+        run_key="ab" * 32,
+        model_credentials=credentials,
+    )
+    [container] = run_task_arguments(config, request, {})["overrides"]["containerOverrides"]
+    environment = {item["name"]: item["value"] for item in container["environment"]}
+    assert json.loads(environment["AGENTTEST_MODEL_CREDENTIALS"]) == credentials
+
+
+def test_credentials_leave_less_room_for_an_inline_configuration() -> None:
+    import asyncio
+
+    from agenttest.backends.fargate import MAX_INLINE_CONFIG, FargateExecutor
+
+    config = FargateConfig(
+        cluster="c", task_definition="td", container="runner", subnets=("s-1",),
+        security_groups=("sg-1",), assign_public_ip=False, use_spot=False,
+        log_group="/g", log_stream_prefix="p", config_bucket="", stop_timeout=5.0,
+    )  # fmt: skip
+
+    def no_aws(service: str) -> Any:
+        raise AssertionError(f"no {service} call expected")
+
+    executor = FargateExecutor(config, client_factory=no_aws)
+    fits_alone = {"agentSource": "x" * (MAX_INLINE_CONFIG - 100)}
+    request = LaunchRequest(
+        key=ExecutionKey("0123456789abcdef-uid-0123456789ab", 1),
+        namespace="team",
+        test_name="t",
+        runner_config=fits_alone,
+        timeout_seconds=60,
+    )
+    try:
+        assert "AGENTTEST_CONFIG" in asyncio.run(executor._config_environment(request))
+        keyed = replace(request, model_credentials={"default": {"token": "t" * 500}})
+        with pytest.raises(LaunchRefused, match="no AGENTTEST_FARGATE_CONFIG_BUCKET"):
+            asyncio.run(executor._config_environment(keyed))
+        huge = replace(request, model_credentials={"default": {"token": "t" * 5000}})
+        with pytest.raises(LaunchRefused, match="the models' credentials take"):
+            asyncio.run(executor._config_environment(huge))
+    finally:
+        executor._pool.shutdown(wait=True)

@@ -134,3 +134,33 @@ def test_log_cursor_repeats_nothing_and_drops_nothing() -> None:
 def test_trimmed_nanoseconds_compare_as_numbers() -> None:
     _, cursor = split_timestamped("2026-01-01T00:00:02.9Z late\n", None)
     assert split_timestamped("2026-01-01T00:00:02.10Z earlier\n", cursor)[0] == []
+
+
+def test_model_credentials_reach_the_judges_environment_only() -> None:
+    from dataclasses import replace
+
+    token = "s3cr3t-model-token"
+    request = replace(REQUEST, run_key="ab" * 32, model_credentials={"default": {"token": token}})
+    pod = pod_manifest(request, "agenttest/runner:1")
+    secret = execution_secret_manifest(request)
+    # In the execution's own Secret, never a literal of the pod spec (readable by
+    # whoever may read pods) ...
+    assert json.loads(secret["stringData"]["modelCredentials"]) == {"default": {"token": token}}
+    assert token not in json.dumps(pod)
+    (container,) = pod["spec"]["containers"]
+    [variable] = [e for e in container["env"] if e["name"] == "AGENTTEST_MODEL_CREDENTIALS"]
+    assert variable["valueFrom"] == {
+        "secretKeyRef": {"name": request.key.name, "key": "modelCredentials"}
+    }
+    # ... and never a file: the config volume projects config.json alone. The judge
+    # takes the variable out of its environment and starts the agent host with a
+    # scrubbed one (confine.scrubbed_environment).
+    [config_volume] = [v for v in pod["spec"]["volumes"] if "secret" in v]
+    assert [item["key"] for item in config_volume["secret"]["items"]] == ["config.json"]
+
+
+def test_no_credentials_no_variable() -> None:
+    pod = pod_manifest(REQUEST, "agenttest/runner:1")
+    (container,) = pod["spec"]["containers"]
+    assert "AGENTTEST_MODEL_CREDENTIALS" not in {e["name"] for e in container["env"]}
+    assert "modelCredentials" not in execution_secret_manifest(REQUEST)["stringData"]

@@ -33,7 +33,12 @@ from agenttest.executions import (
 )
 from agenttest.models import Backend
 from agenttest.runner.deadline import DEADLINE_FLAG, backstop_seconds
-from agenttest.runner.protocol import CONFIG_ENV, CONFIG_S3_ENV, RUN_KEY_ENV
+from agenttest.runner.protocol import (
+    CONFIG_ENV,
+    CONFIG_S3_ENV,
+    MODEL_CREDENTIALS_ENV,
+    RUN_KEY_ENV,
+)
 from agenttest.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -157,6 +162,11 @@ def run_task_arguments(
     # The signing key is seen by whoever may DescribeTasks in the account (keep
     # testers out of that), never by the agent host: the judge drops it at once.
     container_environment = {**environment, RUN_KEY_ENV: request.run_key}
+    # The models' credentials go the same way, and are seen by the same people. A real
+    # deployment should rather keep them in Secrets Manager and give the task role
+    # read access to just that secret, so DescribeTasks shows a name, not the values.
+    if request.model_credentials:
+        container_environment[MODEL_CREDENTIALS_ENV] = json.dumps(request.model_credentials)
     placement: dict[str, Any] = (
         {"capacityProviderStrategy": [{"capacityProvider": capacity, "weight": 1}]}
         if capacity == "FARGATE_SPOT"
@@ -263,7 +273,14 @@ class FargateExecutor:
 
     async def _config_environment(self, request: LaunchRequest) -> dict[str, str]:
         text = json.dumps(request.runner_config, separators=(",", ":"))
-        if len(text.encode()) <= MAX_INLINE_CONFIG:
+        # The models' credentials share the overrides' 8 KiB (and never go to S3).
+        credentials = len(json.dumps(request.model_credentials)) if request.model_credentials else 0
+        if credentials > MAX_INLINE_CONFIG // 2:
+            raise LaunchRefused(
+                f"the models' credentials take {credentials} bytes, more than Fargate's "
+                f"container overrides can carry beside the configuration ({MAX_INLINE_CONFIG // 2})"
+            )
+        if len(text.encode()) <= MAX_INLINE_CONFIG - credentials:
             return {CONFIG_ENV: text}
         if not self.config.config_bucket:
             raise LaunchRefused(

@@ -35,7 +35,7 @@ from agenttest.executions import (
 from agenttest.models import Backend
 from agenttest.runner.confine import descendants
 from agenttest.runner.deadline import backstop_seconds
-from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest.runner.protocol import MODEL_CREDENTIALS_ENV, RUN_KEY_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class LocalExecutor:
             raise ValueError(f"invalid local execution id {execution_id!r}")
         return self.state_dir / execution_id
 
-    def _environment(self, record: Path, run_key: str) -> dict[str, str]:
+    def _environment(self, record: Path, request: LaunchRequest) -> dict[str, str]:
         """Only what the judge needs: none of the operator's credentials."""
         work = str(record / "work")
         env = {
@@ -118,7 +118,11 @@ class LocalExecutor:
         }
         env.update({name: os.environ[name] for name in self.pass_env if name in os.environ})
         # The supervisor hands it to the judge and keeps it from everything else.
-        env[RUN_KEY_ENV] = run_key
+        env[RUN_KEY_ENV] = request.run_key
+        # Likewise the models' credentials: the judge takes them out of its environment
+        # before it starts the agent host, which gets a scrubbed one anyway (confine.py).
+        if request.model_credentials:
+            env[MODEL_CREDENTIALS_ENV] = json.dumps(request.model_credentials)
         return env
 
     def _pid(self, record: Path) -> tuple[int, str] | None:
@@ -162,7 +166,7 @@ class LocalExecutor:
                 f"{backstop_seconds(request.timeout_seconds):g}",
             ],
             cwd=record,
-            env=self._environment(record, request.run_key),
+            env=self._environment(record, request),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=(record / "supervisor.log").open("wb"),

@@ -49,13 +49,14 @@ from agenttest.executions import (
 )
 from agenttest.models import Backend
 from agenttest.objects import MANAGED_BY, owned_metadata, test_label
-from agenttest.runner.protocol import RUN_KEY_ENV
+from agenttest.runner.protocol import MODEL_CREDENTIALS_ENV, RUN_KEY_ENV
 from agenttest.sources import config_models
 
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "config.json"
 RUN_KEY_KEY = "runKey"  # the data key of the execution's Secret
+MODEL_CREDENTIALS_KEY = "modelCredentials"  # ... and of the models' credentials
 CONFIG_MOUNT = "/etc/agenttest"
 WORK_DIR = "/tmp/work"
 RUNNER_UID = 10001
@@ -118,7 +119,16 @@ def execution_secret_manifest(request: LaunchRequest) -> dict[str, Any]:
         "kind": "Secret",
         "metadata": metadata(request),
         "type": "Opaque",
-        "stringData": {RUN_KEY_KEY: request.run_key, CONFIG_KEY: json.dumps(request.runner_config)},
+        "stringData": {
+            RUN_KEY_KEY: request.run_key,
+            CONFIG_KEY: json.dumps(request.runner_config),
+            # Like the key, for the judge's environment only (and the same reasons).
+            **(
+                {MODEL_CREDENTIALS_KEY: json.dumps(request.model_credentials)}
+                if request.model_credentials
+                else {}
+            ),
+        },
     }
 
 
@@ -170,6 +180,21 @@ def pod_manifest(
                             "secretKeyRef": {"name": request.key.name, "key": RUN_KEY_KEY}
                         },
                     },
+                    *(
+                        [
+                            {
+                                "name": MODEL_CREDENTIALS_ENV,
+                                "valueFrom": {
+                                    "secretKeyRef": {
+                                        "name": request.key.name,
+                                        "key": MODEL_CREDENTIALS_KEY,
+                                    }
+                                },
+                            }
+                        ]
+                        if request.model_credentials
+                        else []
+                    ),
                 ],
                 "resources": {"requests": resources, "limits": resources},
                 "securityContext": {
@@ -189,7 +214,8 @@ def pod_manifest(
         "volumes": [
             {
                 "name": "config",
-                # Only config.json: the signing key in the same Secret never becomes a file.
+                # Only config.json: the signing key and the models' credentials in the
+                # same Secret never become files.
                 "secret": {
                     "secretName": request.key.name,
                     "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],

@@ -37,7 +37,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.eventstream import EventStreamBuffer
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import URLLib3Session
 from botocore.utils import get_environ_proxies
 
@@ -187,6 +187,9 @@ class Upstream:
     # The model ids the gateway forwards calls for (empty: any). The judge's own
     # credentials sign Bedrock calls, so the agent must not pick what they pay for.
     models: tuple[str, ...] = ()
+    # Ollama only: headers the gateway adds to every call it forwards (the model's
+    # credential, e.g. Authorization: Bearer ...), replacing any the agent host sent.
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.provider not in ("ollama", "bedrock"):
@@ -779,7 +782,13 @@ class ModelGateway:
                     response = self._send_ollama(handler, body)
                 else:
                     response = self._send_bedrock(handler, body, model, api)
-            except (urllib3.exceptions.HTTPError, BotoCoreError, OSError, _NoCredentials) as error:
+            except (
+                urllib3.exceptions.HTTPError,
+                BotoCoreError,
+                ClientError,
+                OSError,
+                _NoCredentials,
+            ) as error:
                 reason = self._unreachable(error)
                 handler.send_json_error(HTTPStatus.BAD_GATEWAY, reason)
                 latency = time.perf_counter() - started
@@ -821,11 +830,14 @@ class ModelGateway:
         # Path and query only: a request line may also carry an absolute URL.
         target = urlsplit(handler.path)
         query = f"?{target.query}" if target.query else ""
+        added = dict(self.upstream.headers)
+        headers = self._forwarded_headers(handler, frozenset(name.lower() for name in added))
+        headers.update(added)
         return self._ollama_pool.urlopen(
             handler.command,
             self._ollama_prefix + target.path + query,
             body=body if handler.command == "POST" else None,
-            headers=self._forwarded_headers(handler, frozenset()),
+            headers=headers,
             preload_content=False,
             decode_content=False,
             redirect=False,
@@ -927,6 +939,59 @@ def _default_chain(session: Any) -> CredentialsProvider:
             if not resolved and (found := session.get_credentials()) is not None:
                 resolved.append(found)
             return resolved[0] if resolved else None
+
+    return credentials
+
+
+def static_credentials(
+    access_key_id: str, secret_access_key: str, session_token: str | None = None
+) -> CredentialsProvider:
+    """Bedrock calls signed with these keys (a credentialsSecretRef's)."""
+    from botocore.credentials import Credentials
+
+    credentials = Credentials(access_key_id, secret_access_key, session_token)
+    return lambda: credentials
+
+
+def assumed_role(
+    role_arn: str, region: str | None, external_id: str | None = None
+) -> CredentialsProvider:
+    """Bedrock calls signed as ``role_arn``, assumed with the judge's own credentials.
+
+    Assumed on the first call (STS is asked only when a model call needs it) and again
+    before the temporary credentials expire. botocore resolves STS's endpoint as the
+    SDK would (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL, the regional endpoint).
+    """
+    from botocore.credentials import RefreshableCredentials
+
+    session = botocore.session.get_session()
+    lock = threading.Lock()
+    held: list[Any] = []
+
+    def assume() -> dict[str, str]:
+        sts = session.create_client("sts", region_name=region or None)
+        arguments = {"RoleArn": role_arn, "RoleSessionName": "agenttest-model-gateway"}
+        if external_id:
+            arguments["ExternalId"] = external_id
+        answer = sts.assume_role(**arguments)["Credentials"]
+        return {
+            "access_key": answer["AccessKeyId"],
+            "secret_key": answer["SecretAccessKey"],
+            "token": answer["SessionToken"],
+            "expiry_time": answer["Expiration"].isoformat(),
+        }
+
+    def credentials() -> Any:
+        with lock:
+            if not held:
+                try:
+                    metadata = assume()
+                except (BotoCoreError, ClientError) as error:
+                    raise _NoCredentials(f"cannot assume role {role_arn}: {error}") from None
+                held.append(
+                    RefreshableCredentials.create_from_metadata(metadata, assume, "assume-role")
+                )
+            return held[0]
 
     return credentials
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from agenttest.runner import modelauth
 from agenttest.runner.channel import Channel, ChannelClosed, ChannelTimeout
 from agenttest.runner.config import Case, ConfigError, ModelConfig, RunConfig, parse_config_text
 from agenttest.runner.confine import children, kill_descendants, spawn
@@ -137,9 +138,11 @@ class AgentHost:
         budget = Budget()
         self.budget = budget
         assert self.process.stdout is not None and self.process.stderr is not None
+        redactor = out.redactor
+        redact, hold = (redactor.raw, redactor.longest) if redactor else (None, 0)
         self.relays = [
-            Relay(self.process.stdout, out.relay, budget, "stdout").start(),
-            Relay(self.process.stderr, out.relay, budget, "stderr").start(),
+            Relay(self.process.stdout, out.relay, budget, "stdout", redact, hold).start(),
+            Relay(self.process.stderr, out.relay, budget, "stderr", redact, hold).start(),
         ]
 
     def gone(self) -> str:
@@ -363,8 +366,16 @@ def summarise_model(model: ModelConfig, cases: Sequence[CaseOutcome]) -> ModelOu
 class Run:
     """One execution of a config."""
 
-    def __init__(self, config: RunConfig, workdir: Path, out: Emitter) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        workdir: Path,
+        out: Emitter,
+        credentials: Mapping[str, modelauth.Credential] | None = None,
+    ) -> None:
         self.config = config
+        # By matrix entry name, and modelauth.JUDGE_ENTRY: for the gateways only.
+        self.credentials = dict(credentials or {})
         self.workdir = workdir
         self.out = out
         self.deadline = Deadline(config.timeout_seconds)
@@ -475,17 +486,28 @@ class Run:
             # Imported while the agent host starts: botocore alone takes ~0.15 s.
             from agenttest.runner.gateway import ModelGateway, Upstream
 
-            def gateway_for(model: ModelConfig) -> ModelGateway:
+            def gateway_for(model: ModelConfig, entry: str) -> ModelGateway:
+                credential = self.credentials.get(entry)
+                ollama = model.provider == "ollama"
                 upstream = Upstream(
-                    model.provider, model.endpoint, model.region, models=(model.model_id,)
+                    model.provider,
+                    model.endpoint,
+                    model.region,
+                    models=(model.model_id,),
+                    headers=modelauth.ollama_headers(credential) if ollama else (),
                 )
-                gateway = ModelGateway(upstream).start()
+                signer = None if ollama else modelauth.bedrock_signer(credential, model.region)
+                gateway = ModelGateway(upstream, credentials_provider=signer).start()
                 gateways.append(gateway)
                 return gateway
 
             # One gateway per model: what each one saw is that model's alone.
-            model_gateways = [gateway_for(model) for model in config.models]
-            judge_gateway = gateway_for(config.judge_model) if config.judge_model else None
+            model_gateways = [gateway_for(model, model.name) for model in config.models]
+            judge_gateway = (
+                gateway_for(config.judge_model, modelauth.JUDGE_ENTRY)
+                if config.judge_model
+                else None
+            )
             self.out.log(f"loading agent.py, entrypoint {config.entrypoint!r}")
             agent_models = [
                 dataclasses.replace(model, endpoint=gateway.url)
@@ -501,6 +523,7 @@ class Run:
                     f"model {model.provider}/{model.model_id} at {model.describe()}, "
                     "through the judge's gateway"
                     + (f" (matrix entry {model.name})" if len(config.models) > 1 else "")
+                    + (", with its credentialsSecretRef" if model.name in self.credentials else "")
                 )
             evaluation = evaluators.module()
             judge = self._judge_model(judge_gateway)
@@ -694,9 +717,14 @@ class _CaseTimedOut(Exception):
         self.passes = passes  # trials of the case that passed before the deadline
 
 
-def run(config: RunConfig, workdir: Path, out: Emitter) -> RunResult:
+def run(
+    config: RunConfig,
+    workdir: Path,
+    out: Emitter,
+    credentials: Mapping[str, modelauth.Credential] | None = None,
+) -> RunResult:
     """Run every case of ``config``; never raises for the agent's faults."""
-    return Run(config, workdir, out).execute()
+    return Run(config, workdir, out, credentials).execute()
 
 
 # --------------------------------------------------------------------------- entry point
@@ -776,9 +804,14 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if key is None:
         out.log(f"no {RUN_KEY_ENV}: machine lines are signed with a key nobody holds")
     try:
+        # Taken before anything else starts, and masked in all we print from here on:
+        # the agent host must not learn them, even from a model that echoes one.
+        credentials = modelauth.take(environ)
+        redactor = modelauth.Redactor(modelauth.secret_values(credentials))
+        out.redactor = redactor
         args = _parse_args(argv)
         config = load_config(args.config, environ)
-    except ConfigError as error:
+    except (ConfigError, modelauth.CredentialsError) as error:
         out.log(f"bad config: {error}")
         failed = failed_setup(f"bad config: {error}", total_cases=0)
         out.result(with_report(out, failed, document(failed, None)))
@@ -787,7 +820,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     workdir = Path(args.workdir) if args.workdir else Path.cwd()
     out.log(f"{len(config.cases)} cases, timeout {format_seconds(config.timeout_seconds)}s")
     try:
-        result = run(config, workdir, out)
+        result = run(config, workdir, out, credentials)
     except Exception as error:
         # A bug in the judge itself: still end with a readable reason and a result line.
         traceback.print_exc(file=sys.stderr)
@@ -795,7 +828,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         result = failed_setup(reason, len(config.cases))
 
     out.log(result.summary + ("" if result.passed else f" - {result.reason}"))
-    report = document(result, config, result.judge_tokens)
+    report = redactor.value(document(result, config, result.judge_tokens))
     if args.report_dir:
         try:
             write_files(report, args.report_dir)

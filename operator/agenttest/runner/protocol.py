@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from agenttest.runner.trials import matrix_passed
 
@@ -36,6 +36,9 @@ AGENT_PREFIX = "[agent] "
 # The judge finds the attempt's signing key (hex) here, and removes it from its
 # environment before it starts anything else.
 RUN_KEY_ENV = "AGENTTEST_RUN_KEY"
+# The models' credentials (JSON: matrix entry name, or "@judge", to the Secret's keys),
+# for the judge's gateway only: the judge removes it from its environment at once too.
+MODEL_CREDENTIALS_ENV = "AGENTTEST_MODEL_CREDENTIALS"
 
 OUTPUT_LIMIT = 2000  # characters of an answer kept in the result
 LOG_ANSWER_LIMIT = 500  # characters of an answer shown in the log
@@ -479,6 +482,21 @@ def verdict(
     return dataclasses.replace(result, reason=reason)
 
 
+class Redacting(Protocol):
+    """Masks secret values in text and in JSON-ready values."""
+
+    def __bool__(self) -> bool: ...
+
+    def text(self, text: str) -> str: ...
+
+    def value(self, value: Any) -> Any: ...
+
+    def raw(self, data: bytes) -> bytes: ...
+
+    @property
+    def longest(self) -> int: ...
+
+
 class Emitter:
     """Writes lines to the log stream, flushing each, and keeps the result line last.
 
@@ -492,6 +510,8 @@ class Emitter:
         self._seq = 0
         self.lock = threading.RLock()
         self._finished = False
+        # Masks the models' credentials in every line (modelauth.Redactor), once known.
+        self.redactor: Redacting | None = None
 
     def _write(self, line: str) -> None:
         with self.lock:
@@ -500,14 +520,21 @@ class Emitter:
             self._stream.write(line + "\n")
             self._stream.flush()
 
+    def redact(self, text: str) -> str:
+        """``text`` with the models' credentials masked."""
+        return self.redactor.text(text) if self.redactor else text
+
     def log(self, message: str) -> None:
-        self._write(LOG_PREFIX + message)
+        self._write(LOG_PREFIX + self.redact(message))
 
     def relay(self, line: str) -> None:
         """A line the agent host printed, already made safe by the relay."""
-        self._write(AGENT_PREFIX + line)
+        self._write(AGENT_PREFIX + self.redact(line))
 
     def machine(self, event: dict[str, Any]) -> None:
+        if self.redactor:
+            # Before signing: what is signed is what the operator reads.
+            event = self.redactor.value(event)
         with self.lock:
             self._seq += 1
             self._write(signed_line(self._key, self._seq, event))

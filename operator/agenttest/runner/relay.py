@@ -55,10 +55,21 @@ class Relay:
     """
 
     def __init__(
-        self, stream: IO[bytes], emit: Callable[[str], None], budget: Budget, name: str
+        self,
+        stream: IO[bytes],
+        emit: Callable[[str], None],
+        budget: Budget,
+        name: str,
+        redact: Callable[[bytes], bytes] | None = None,
+        hold: int = 0,
     ) -> None:
         self._stream = stream
         self._emit = emit
+        # Masks secrets (the models' credentials) in what was read, before any cut, so
+        # no cut splits one unmasked; ``hold`` is the longest one's length: that much of
+        # a line with no end in sight stays pending, in case a secret is arriving.
+        self._redact = redact or (lambda data: data)
+        self._hold = hold
         self._budget = budget
         self._pending = b""
         self._lock = threading.Lock()
@@ -100,7 +111,10 @@ class Relay:
                 for line in lines:
                     self._line(line)
                 # A line with no end in sight is relayed in pieces, not held forever.
-                while len(self._pending) >= LINE_LIMIT * 4:
+                while len(self._pending) >= LINE_LIMIT * 4 + self._hold:
+                    self._pending = self._redact(self._pending)
+                    if len(self._pending) < LINE_LIMIT * 4 + self._hold:
+                        break
                     self._line(self._pending[: LINE_LIMIT * 4])
                     self._pending = self._pending[LINE_LIMIT * 4 :]
         self.flush()
@@ -108,7 +122,7 @@ class Relay:
     def _line(self, data: bytes) -> None:
         if not self._budget.take(len(data) + 1):
             return
-        for piece in split_long(safe_text(data)):
+        for piece in split_long(safe_text(self._redact(data))):
             self._emit(piece)
 
 
