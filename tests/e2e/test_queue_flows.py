@@ -38,8 +38,13 @@ def agent(model):
 
 
 @pytest.fixture
-def other(cluster: devcluster.Cluster) -> Iterator[Kube]:
-    """A second namespace, as another team's."""
+def other(cluster: devcluster.Cluster, start_operator: StartOperator) -> Iterator[Kube]:
+    """A second namespace, as another team's.
+
+    Set up after the operator fixture, so torn down before it: its tests are deleted
+    while the operator still runs and lets their finalizers go (otherwise the
+    deletion waited out its 60 s timeout).
+    """
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
     yield Kube(cluster, namespace)
